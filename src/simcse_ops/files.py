@@ -1,0 +1,94 @@
+"""File helpers shared by every stage: actionable data errors and atomic writes.
+
+Every output is written to a temporary file in the destination folder and moved into place with
+`os.replace`, so a stage that fails half-way leaves either the previous file or nothing, never a
+truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line, what was found and what was expected."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        line: int | None,
+        found: str,
+        expected: str,
+        fix: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.line = line
+        self.found = found
+        self.expected = expected
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        msg = f"{where}: found {found}; expected {expected}"
+        if fix:
+            msg += f". Fix: {fix}"
+        super().__init__(msg)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success move it onto `dest`, on error delete it.
+
+    Works for files and for folders (the caller creates the folder at the yielded path).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if dest.is_dir() and not dest.is_symlink():
+            # os.replace cannot replace a non-empty folder: swap through a second name.
+            old = dest.with_name(f".{dest.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path | str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"invalid JSON ({e.msg})", "a JSON document") from e
+
+
+def remove_path(path: Path | str) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

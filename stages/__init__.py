@@ -1,0 +1,1 @@
+"""Thin command-line entry points that DVC runs (`python -m stages.<name>`)."""

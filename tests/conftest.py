@@ -1,0 +1,64 @@
+"""Shared fixtures: the real data root, the project's params, and a tiny random BERT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def params():
+    from simcse_ops.config import load_params
+
+    return load_params(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def data_root(params) -> Path:
+    root = params.data_root
+    if not (root / "SOURCES.md").is_file():
+        pytest.fail(f"{root}: the shared datasets are missing (set SIMCSE_DATA_ROOT or data.root)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) saved as a Hugging Face folder.
+
+    It reuses the default encoder's WordPiece tokenizer so that real sentences tokenise normally.
+    Loads with `AutoModel` and (mean pooling) with `SentenceTransformer`.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from simcse_ops.encoder import default_model_path
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    model = BertModel(config)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
