@@ -264,3 +264,11 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     return parse_params(raw, path)
+
+
+def section(params: Params, name: str, cls: type):
+    """Type an open section (`dedup`, `validate`, `bias`, `register`, ...) with its stage's own
+    frozen dataclass, with the same strict checks as the core sections."""
+    if name not in OPEN_SECTIONS:
+        raise ConfigError(f"{params.path}: {name!r} is not an open section")
+    return _build(cls, params.extra.get(name, {}), name, params.path)
