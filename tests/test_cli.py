@@ -1,0 +1,64 @@
+"""The `simcse-ops` command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simcse_ops.cli import main
+
+PAIRS = (
+    "sentence1\tsentence2\tscore\n"
+    "A man is playing a guitar.\tA person plays the guitar.\t4.6\n"
+    "A man is playing a guitar.\tThe stock market fell sharply today.\t0.1\n"
+    "A woman is slicing an onion.\tSomeone is cutting an onion.\t4.2\n"
+    "A dog runs in the park.\tA cat sleeps on the sofa.\t1.0\n"
+    "Two kids play football outside.\tChildren are playing soccer outdoors.\t4.4\n"
+)
+
+
+def test_sts_command_on_tiny_model(tmp_path, tiny_model_dir, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(PAIRS, encoding="utf-8")
+    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(pairs)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"spearman", "pearson", "n"}
+    assert out["n"] == 5
+    assert -100.0 <= out["spearman"] <= 100.0
+
+
+def test_sts_command_bad_file_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("sentence1\tsentence2\tscore\nA\tB\tfive\n", encoding="utf-8")
+    assert main(["sts", "--model", str(tiny_model_dir), "--pairs", str(pairs)]) == 2
+    assert f"{pairs}:2: found score 'five'; expected a number" in capsys.readouterr().err
+
+
+def test_sts_command_missing_model_folder(tmp_path, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(PAIRS, encoding="utf-8")
+    assert main(["sts", "--model", str(tmp_path / "no-model"), "--pairs", str(pairs)]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sts_command_default_encoder_console_script(tmp_path):
+    """The installed console script with the bundled default encoder, on a hand-written file."""
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(PAIRS, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simcse_ops.cli", "sts", "--model", "default", "--pairs", str(pairs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == 5
+    # a real encoder ranks these hand-written pairs almost perfectly
+    assert out["spearman"] >= 80.0
