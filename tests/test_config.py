@@ -1,0 +1,81 @@
+"""params.yaml is loaded strictly: typos and wrong types fail with the file and the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from simcse_ops.config import ConfigError, load_params, parse_params
+
+
+@pytest.fixture()
+def raw(project_root):
+    return yaml.safe_load((project_root / "params.yaml").read_text())
+
+
+def test_project_params_load(params):
+    assert params.variant("sup-nli").method == "sup"
+    assert set(params.evaluate.tasks) == {"sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"}
+    assert params.evaluate.max_seq_length is None  # evaluate at the model's full length
+
+
+def test_unknown_key_names_file_and_key(raw, tmp_path):
+    bad = copy.deepcopy(raw)
+    bad["variants"]["sup-nli"]["learning_rate"] = 1e-5
+    with pytest.raises(ConfigError, match=r"p.yaml: variants.sup-nli: unknown key\(s\) 'learning_rate'"):
+        parse_params(bad, tmp_path / "p.yaml")
+
+
+def test_wrong_type_and_literal(raw, tmp_path):
+    bad = copy.deepcopy(raw)
+    bad["variants"]["sup-nli"]["batch_size"] = "big"
+    with pytest.raises(ConfigError, match=r"variants.sup-nli.batch_size: expected an integer, got 'big'"):
+        parse_params(bad, tmp_path / "p.yaml")
+    bad = copy.deepcopy(raw)
+    bad["variants"]["sup-nli"]["pooler"] = "max"
+    with pytest.raises(ConfigError, match=r"variants.sup-nli.pooler: 'max' is not one of"):
+        parse_params(bad, tmp_path / "p.yaml")
+
+
+def test_yaml_exponent_without_dot_is_a_number(raw, tmp_path):
+    ok = copy.deepcopy(raw)
+    ok["variants"]["sup-nli"]["lr"] = "3e-5"  # what YAML 1.1 gives for `lr: 3e-5`
+    assert parse_params(ok, tmp_path / "p.yaml").variant("sup-nli").lr == pytest.approx(3e-5)
+
+
+def test_cross_references_are_checked(raw, tmp_path):
+    bad = copy.deepcopy(raw)
+    bad["evaluate"]["tasks"]["sts12"]["source"] = "sts2012"
+    with pytest.raises(ConfigError, match=r"evaluate.tasks.sts12.source: no source 'sts2012'"):
+        parse_params(bad, tmp_path / "p.yaml")
+    bad = copy.deepcopy(raw)
+    bad["variants"]["sup-nli"]["corpus"] = ["mnli"]
+    with pytest.raises(ConfigError, match=r"variants.sup-nli.corpus: no source 'mnli'"):
+        parse_params(bad, tmp_path / "p.yaml")
+
+
+def test_unknown_variant_lists_known(params):
+    with pytest.raises(ConfigError, match=r"no variant 'nope'; known: .*sup-nli"):
+        params.variant("nope")
+
+
+def test_unknown_top_level_section(raw, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown top-level section\(s\) 'trian'"):
+        parse_params({**raw, "trian": {}}, tmp_path / "p.yaml")
+
+
+def test_data_root_relative_to_params_and_env_override(raw, tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMCSE_DATA_ROOT", raising=False)
+    p = tmp_path / "proj" / "params.yaml"
+    p.parent.mkdir()
+    p.write_text(yaml.safe_dump(raw))
+    assert load_params(p).data_root == (tmp_path / "shared" / "data").resolve()
+    monkeypatch.setenv("SIMCSE_DATA_ROOT", str(tmp_path / "elsewhere"))
+    assert load_params(p).data_root == (tmp_path / "elsewhere").resolve()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
