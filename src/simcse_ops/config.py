@@ -76,21 +76,23 @@ class VariantConfig:
     base_model: str = "default"
     corpus: tuple[str, ...] = ()  # source names (after dedup) the variant trains on
     pooler: Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"] = "avg"
-    mlp_only_train: bool = True
+    mlp: bool = True  # SimCSE's Linear+tanh head on the pooled vector (never for cls_before_pooler)
+    mlp_only_train: bool = True  # drop the head from the exported inference model
     temperature: float = 0.05
-    hard_negative_weight: float = 0.0
-    batch_size: int = 64
+    hard_negative_weight: float = 0.0  # log-weight added to each anchor's own hard-negative logit
+    batch_size: int = 64  # global batch (split across torchrun ranks)
     lr: float = 3e-5
     epochs: int = 1
-    max_steps: int | None = None
+    max_steps: int | None = None  # overrides epochs when set
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    max_seq_length: int = 32
+    max_seq_length: int = 32  # training length only; the exported model keeps the base's length
     seed: int = 42
-    eval_steps: int = 125
-    checkpoint_steps: int = 250
+    eval_steps: int = 125  # STS-B dev every N steps (0: only at the end); the best step is kept
+    checkpoint_steps: int = 250  # resumable checkpoint every N steps (0: none)
     max_train_samples: int | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     description: str = ""
 
 
