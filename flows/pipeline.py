@@ -1,0 +1,250 @@
+"""Prefect flow `simcse-pipeline`: the DVC stages in order, one Prefect task per stage target.
+
+    ingest -> dedup -> validate -> for each variant V: train@V -> evaluate@V -> bias@V -> register@V
+
+Each task runs `dvc repro --single-item <target>`: DVC decides whether the stage is up to date
+(and skips it), runs its command otherwise, and records the result in `dvc.lock`. The flow only
+orders the stages, retries a failed one with exponential backoff, streams DVC's output into the
+task log, and publishes what a person wants to see afterwards as Prefect artifacts: a table of the
+seven STS tasks per variant (`metrics/V/sts.json`) and the registry decision
+(`metrics/V/registry.json`) with a link to its MLflow run.
+
+Only one flow at a time operates on a workspace (`simcse_ops.dvc_runner.workspace_lock`); the
+Prefect work pool's concurrency limit keeps queued runs from even starting (see flows/prefect.yaml).
+
+Run it once, without a server:  python -m flows.pipeline [--variant biomed ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from simcse_ops.config import ConfigError, Params, load_params, section
+from simcse_ops.dvc_runner import DvcError, list_stages, run_dvc, workspace_lock
+
+# Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
+SHARED_STAGES = ("ingest", "dedup", "validate")
+VARIANT_STAGES = ("train", "evaluate", "bias", "register")
+
+
+@dataclass(frozen=True)
+class FlowsConfig:
+    """params.yaml `flows`: how the flows run DVC (schedules live in flows/prefect.yaml)."""
+
+    retries: int = 2                  # a failed stage is retried this many times ...
+    retry_delay_seconds: float = 10.0  # ... after 10 s, 20 s, 40 s, ... (exponential backoff)
+    retry_jitter_factor: float = 0.2   # +-20 % random jitter on each delay
+    stderr_tail_lines: int = 40        # lines of DVC's stderr quoted in a failure
+    lock_timeout_seconds: float | None = None  # wait for another flow's workspace lock; null: forever
+    mlflow_ui: str = "http://127.0.0.1:5000"   # where `mlflow server` shows runs (artifact links)
+
+
+def flows_config(params: Params) -> FlowsConfig:
+    return section(params, "flows", FlowsConfig)
+
+
+def plan_stages(available: Sequence[str], variants: Sequence[str]) -> list[str]:
+    """The stage targets to run, in order: the shared stages, then each variant's chain.
+
+    A shared stage missing from `dvc.yaml` is an error; per-variant stages exist for the variants
+    `dvc.yaml` expands them over (a `foreach` may cover only some variants).
+    """
+    have = set(available)
+    missing = [s for s in SHARED_STAGES if s not in have]
+    if missing:
+        raise ConfigError(
+            f"dvc.yaml: no stage(s) {', '.join(missing)}; the pipeline runs {', '.join(SHARED_STAGES)} "
+            f"first (stages found: {', '.join(available) or 'none'})"
+        )
+    plan = list(SHARED_STAGES)
+    for v in variants:
+        chain = [f"{s}@{v}" for s in VARIANT_STAGES if f"{s}@{v}" in have]
+        if not chain:
+            raise ConfigError(
+                f"dvc.yaml: no stage for variant {v!r} (expected {VARIANT_STAGES[0]}@{v}, ...); "
+                "is it in params.yaml `variants`?"
+            )
+        plan.extend(chain)
+    return plan
+
+
+@task(name="dvc-repro", task_run_name="{target}", cache_policy=NO_CACHE, log_prints=False)
+def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40) -> str:
+    """`dvc repro --single-item TARGET`; every output line goes to this task's log."""
+    logger = get_run_logger()
+
+    def log_line(stream: str, line: str) -> None:
+        logger.info(line) if stream == "stdout" else logger.info("[stderr] %s", line)
+
+    res = run_dvc(["repro", "--single-item", target], workspace, on_line=log_line,
+                  tail_lines=stderr_tail_lines)
+    skipped = f"Stage '{target}' didn't change, skipping" in res.stdout
+    status = "up to date" if skipped else "ran"
+    logger.info("%s: %s in %.1f s", target, status, res.seconds)
+    return status
+
+
+def run_stages(workspace: Path, targets: Sequence[str], cfg: FlowsConfig) -> dict[str, str]:
+    """Run the targets one after another as `repro_stage` tasks; stop at the first failure."""
+    stage_task = repro_stage.with_options(
+        retries=cfg.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=cfg.retry_delay_seconds),
+        retry_jitter_factor=cfg.retry_jitter_factor,
+    )
+    return {t: stage_task(str(workspace), t, cfg.stderr_tail_lines) for t in targets}
+
+
+def hold_workspace(workspace: Path, cfg: FlowsConfig):
+    """The workspace lock, logging whom a run waits for."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    return workspace_lock(
+        workspace,
+        on_wait=logger.info,
+        timeout_s=cfg.lock_timeout_seconds,
+        holder=f"flow run {flow_run.get_name()} ({flow_run.get_id()})",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    key = "-".join(parts).lower()
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", key)).strip("-")
+
+
+def sts_rows(workspace: Path, variants: Sequence[str], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per variant that has `metrics/V/sts.json`: the task figures and their average."""
+    rows = []
+    for v in variants:
+        path = workspace / "metrics" / v / "sts.json"
+        if not path.is_file():
+            continue
+        scores = json.loads(path.read_text(encoding="utf-8"))
+        missing = [t for t in [*tasks, "avg"] if t not in scores]
+        if missing:
+            raise ValueError(f"{path}: no figure for {', '.join(missing)}; expected {', '.join(tasks)}, avg")
+        rows.append({"variant": v, **{t: scores[t] for t in [*tasks, "avg"]}})
+    return rows
+
+
+def mlflow_run_url(ui: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    base = ui.rstrip("/")
+    if experiment_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/runs/{run_id}"
+
+
+def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
+    """The registry decision (`metrics/V/registry.json`) as markdown with a link to the MLflow run."""
+    model = decision.get("model") or decision.get("name") or f"simcse-{variant}"
+    version = decision.get("version")
+    verdict = decision.get("decision", "?")
+    url = decision.get("run_url") or mlflow_run_url(
+        ui, decision.get("experiment_id"), decision.get("run_id")
+    )
+    lines = [f"# {model} version {version}: {verdict}", ""]
+    if decision.get("champion_version") is not None:
+        lines.append(f"- champion: version {decision['champion_version']}")
+    reasons = decision.get("reasons") or []
+    if isinstance(reasons, str):
+        reasons = [reasons]
+    if reasons:
+        lines.append("- reasons:")
+        lines.extend(f"  - {r}" for r in reasons)
+    if url:
+        lines.append(f"- MLflow run: [{decision.get('run_id')}]({url})")
+    lines.append(f"- model URI: `models:/{model}/{version}`")
+    return "\n".join(lines) + "\n"
+
+
+def read_registry(workspace: Path, variant: str) -> dict[str, Any] | None:
+    path = workspace / "metrics" / variant / "registry.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], cfg: FlowsConfig,
+                      key_prefix: str) -> None:
+    """A table of the STS tasks for `variants` and one registry decision per variant."""
+    logger = get_run_logger()
+    tasks = list(params.evaluate.tasks)
+    rows = sts_rows(workspace, variants, tasks)
+    if rows:
+        create_table_artifact(
+            table=[{k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in r.items()}
+                   for r in rows],
+            key=artifact_key(key_prefix, "sts"),
+            description=f"STS Spearman x100 ({', '.join(tasks)}, avg) from metrics/<variant>/sts.json",
+        )
+    for v in variants:
+        decision = read_registry(workspace, v)
+        if decision is None:
+            logger.info("%s: no metrics/%s/registry.json (variant not registered)", v, v)
+            continue
+        create_markdown_artifact(
+            markdown=registry_markdown(v, decision, cfg.mlflow_ui),
+            key=artifact_key("registry", v),
+            description=f"registry decision for {v} (metrics/{v}/registry.json)",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Flow
+
+
+@flow(name="simcse-pipeline", log_prints=True)
+def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[str, str]:
+    """Run ingest, dedup, validate and every variant's train, evaluate, bias and register stage.
+
+    `variants`: the variants to run (default: all of params.yaml `variants`). `workspace`: the DVC
+    project (default: the working directory the deployment's pull step sets).
+    """
+    ws = Path(workspace).resolve()
+    params = load_params(ws / "params.yaml")
+    cfg = flows_config(params)
+    chosen = list(variants) if variants else list(params.variants)
+    for v in chosen:
+        params.variant(v)  # fails at once, naming the known variants
+    with hold_workspace(ws, cfg):
+        plan = plan_stages(list_stages(ws), chosen)
+        get_run_logger().info("stages: %s", " -> ".join(plan))
+        statuses = run_stages(ws, plan, cfg)
+    publish_artifacts(ws, params, chosen, cfg, key_prefix="pipeline")
+    return statuses
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Run the DVC pipeline as a Prefect flow (no server needed).")
+    ap.add_argument("--variant", action="append", help="a variant to run (repeatable); default: all")
+    ap.add_argument("--workspace", default=".")
+    args = ap.parse_args(argv)
+    try:
+        statuses = pipeline(variants=args.variant, workspace=args.workspace)
+    except DvcError as e:
+        raise SystemExit(str(e)) from e
+    for target, status in statuses.items():
+        print(f"{target}: {status}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Prefect flow `retrain-domain`: retrain one domain variant on its (possibly grown) corpus.
+
+A domain variant is a variant of params.yaml whose training corpus consists of `role: domain`
+sources only (`biomed` trains on `pubmedqa`). Its source paths are glob patterns under
+`data.root` (`domain/biomedical/pubmedqa_pqal/ori_pqal*.json`), and the `ingest` stage depends on
+`${data.root}/domain`: a new file dropped into the folder changes that dependency, so DVC re-runs
+ingest and everything downstream of it. The flow runs the same stage tasks as `simcse-pipeline`,
+restricted to the domain's chain (`dvc repro` of `register@<domain>` and its upstream), then reads
+`metrics/<domain>/registry.json` and reports whether a new version was registered and whether it
+became `champion`.
+
+Deployments (one per domain, with its cron schedule) are in flows/prefect.yaml.
+
+Run it once, without a server:  python -m flows.retrain biomed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.pipeline import (
+    flows_config,
+    hold_workspace,
+    plan_stages,
+    publish_artifacts,
+    read_registry,
+    run_stages,
+)
+from simcse_ops.config import ConfigError, Params, load_params
+from simcse_ops.dvc_runner import DvcError, list_stages
+
+
+def domain_variants(params: Params) -> dict[str, tuple[str, ...]]:
+    """Domain variants and their corpus sources: variants trained only on `role: domain` sources."""
+    out = {}
+    for name, v in params.variants.items():
+        if v.corpus and all(params.sources[s].role == "domain" for s in v.corpus):
+            out[name] = v.corpus
+    return out
+
+
+def check_domain(params: Params, domain: str) -> tuple[str, ...]:
+    domains = domain_variants(params)
+    if domain not in domains:
+        known = ", ".join(sorted(domains)) or "none (no variant trains on role: domain sources)"
+        raise ConfigError(f"{params.path}: unknown domain {domain!r}; known domains: {known}")
+    return domains[domain]
+
+
+def corpus_files(params: Params, sources: tuple[str, ...]) -> dict[str, list[str]]:
+    """The files each source's glob patterns match now (what ingest will read)."""
+    root = params.data_root
+    found: dict[str, list[str]] = {}
+    for s in sources:
+        files: list[str] = []
+        for pattern in params.sources[s].paths:
+            files.extend(str(p.relative_to(root)) for p in sorted(root.glob(pattern)) if p.is_file())
+        found[s] = files
+    return found
+
+
+def champion_report(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """Compare registry.json before and after the run.
+
+    `new_version`: the register stage produced a version other than the one before the run.
+    `champion`: the version now described by registry.json was promoted to `champion`.
+    """
+    if after is None:
+        return {"version": None, "new_version": False, "champion": False, "decision": None, "reasons": []}
+    version = after.get("version")
+    decision = after.get("decision")
+    promoted = after.get("champion")
+    if promoted is None:
+        promoted = str(decision).lower() in {"promoted", "champion", "promote"}
+    return {
+        "version": version,
+        "previous_version": (before or {}).get("version"),
+        "new_version": before is None or before.get("version") != version,
+        "champion": bool(promoted),
+        "decision": decision,
+        "reasons": after.get("reasons") or [],
+    }
+
+
+@flow(name="retrain-domain", flow_run_name="retrain-{domain}", log_prints=True)
+def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
+    """Re-ingest the domain's corpus, retrain, evaluate, probe and register it; report the verdict."""
+    logger = get_run_logger()
+    ws = Path(workspace).resolve()
+    params = load_params(ws / "params.yaml")
+    sources = check_domain(params, domain)  # an unknown domain fails here, before any DVC work
+    cfg = flows_config(params)
+    for source, files in corpus_files(params, sources).items():
+        if not files:
+            raise FileNotFoundError(
+                f"{params.data_root}: source {source!r} matches no file "
+                f"({', '.join(params.sources[source].paths)}); fix params.yaml sources.{source}.paths"
+            )
+        logger.info("%s: %d file(s): %s", source, len(files), ", ".join(files))
+
+    with hold_workspace(ws, cfg):
+        before = read_registry(ws, domain)
+        plan = plan_stages(list_stages(ws), [domain])
+        logger.info("stages: %s", " -> ".join(plan))
+        statuses = run_stages(ws, plan, cfg)
+        after = read_registry(ws, domain)
+
+    report = {"domain": domain, **champion_report(before, after), "stages": statuses}
+    variants = [domain] + (["base"] if "base" in params.variants and domain != "base" else [])
+    publish_artifacts(ws, params, variants, cfg, key_prefix=f"retrain-{domain}")
+    if report["version"] is None:
+        logger.warning("%s: no registry decision (metrics/%s/registry.json missing)", domain, domain)
+    elif not report["new_version"]:
+        logger.info("%s: nothing changed; version %s stays (%s)", domain, report["version"],
+                    "champion" if report["champion"] else "not champion")
+    else:
+        logger.info("%s: new version %s %s", domain, report["version"],
+                    "became champion" if report["champion"] else "did NOT become champion")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Retrain one domain variant (no server needed).")
+    ap.add_argument("domain")
+    ap.add_argument("--workspace", default=".")
+    args = ap.parse_args(argv)
+    try:
+        report = retrain_domain(domain=args.domain, workspace=args.workspace)
+    except DvcError as e:
+        raise SystemExit(str(e)) from e
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Run `dvc` commands from Python: output streamed line by line, failures raised with DVC's stderr.
+
+The Prefect flows (`flows/`) order DVC stages; they never re-implement one. This module is the one
+place that starts a `dvc` process: with the interpreter that runs the flow (`python -m dvc`, so the
+flow and DVC see the same installed packages), in a given workspace, calling `on_line` for every
+line DVC or the stage command prints, and keeping the last lines of stderr for the error message.
+
+It also provides `workspace_lock`: DVC 3 releases its repository lock while a stage command runs
+and only fails (`'<out>' is busy`) when a second `dvc repro` touches the same outputs, so two flows
+in one workspace must be serialised before they start DVC at all.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
+
+# Progress bars: tqdm reads its defaults from TQDM_* variables; a log line every few seconds is
+# plenty (without this a training progress bar writes ten lines a second into the flow log).
+_QUIET_PROGRESS = {"TQDM_MININTERVAL": "5"}
+
+LOCK_FILE = Path(".dvc") / "tmp" / "simcse-flows.lock"
+
+
+class DvcError(RuntimeError):
+    """A `dvc` command exited non-zero. The message ends with the tail of its stderr."""
+
+    def __init__(self, args: Sequence[str], returncode: int, workspace: Path, stderr_tail: list[str]):
+        self.args_ = list(args)
+        self.returncode = returncode
+        self.workspace = workspace
+        self.stderr_tail = stderr_tail
+        tail = "\n".join(stderr_tail) if stderr_tail else "(no stderr output)"
+        super().__init__(
+            f"`dvc {' '.join(args)}` failed with exit code {returncode} in {workspace}; "
+            f"last {len(stderr_tail)} line(s) of stderr:\n{tail}"
+        )
+
+
+@dataclass(frozen=True)
+class DvcResult:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def dvc_command(args: Sequence[str]) -> list[str]:
+    """The argv that runs `dvc ARGS` with the current interpreter."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def _pump(stream, name: str, sink: collections.deque, keep: list[str], handler: LineHandler | None,
+          lock: threading.Lock) -> None:
+    # Universal newlines: a progress bar's carriage returns end lines too.
+    for raw in stream:
+        line = raw.rstrip("\n")
+        if not line.strip():
+            continue
+        keep.append(line)
+        sink.append(line)
+        if handler is not None:
+            with lock:
+                handler(name, line)
+    stream.close()
+
+
+def run_dvc(
+    args: Sequence[str],
+    workspace: Path | str,
+    on_line: LineHandler | None = None,
+    tail_lines: int = 40,
+    env: dict[str, str] | None = None,
+) -> DvcResult:
+    """Run `dvc ARGS` in `workspace`, streaming every output line to `on_line(stream, line)`.
+
+    Raises `DvcError` (with the last `tail_lines` lines of stderr) when DVC exits non-zero, and
+    `FileNotFoundError` when `workspace` is not a DVC repository.
+    """
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir():
+        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    full_env = {**_QUIET_PROGRESS, **os.environ, **(env or {})}
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        dvc_command(args),
+        cwd=workspace,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        bufsize=1,
+    )
+    lock = threading.Lock()
+    out_all: list[str] = []
+    err_all: list[str] = []
+    err_tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    out_tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, "stdout", out_tail, out_all, on_line, lock)),
+        threading.Thread(target=_pump, args=(proc.stderr, "stderr", err_tail, err_all, on_line, lock)),
+    ]
+    for t in pumps:
+        t.start()
+    try:
+        returncode = proc.wait()
+    except BaseException:
+        # Cancelled (Ctrl-C, flow cancellation): do not leave DVC running without us.
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    finally:
+        for t in pumps:
+            t.join()
+    result = DvcResult(
+        args=tuple(args),
+        returncode=returncode,
+        stdout="\n".join(out_all),
+        stderr="\n".join(err_all),
+        seconds=time.monotonic() - start,
+    )
+    if returncode != 0:
+        raise DvcError(args, returncode, workspace, list(err_tail))
+    return result
+
+
+def list_stages(workspace: Path | str) -> list[str]:
+    """Names of every stage `dvc.yaml` defines, `foreach` expanded (`train@biomed`)."""
+    res = run_dvc(["stage", "list", "--name-only"], workspace)
+    return [line.strip() for line in res.stdout.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def workspace_lock(
+    workspace: Path | str,
+    on_wait: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+    poll_s: float = 2.0,
+    holder: str = "",
+) -> Iterator[Path]:
+    """Hold an exclusive lock on the DVC workspace for the duration of the block.
+
+    An advisory `flock` on `.dvc/tmp/simcse-flows.lock`: released by the kernel when the holder
+    dies, so a crashed run never leaves a stale lock. The holder writes its description into the
+    file so a waiting run can say whom it waits for (`on_wait`). `timeout_s=None` waits forever.
+    """
+    workspace = Path(workspace).resolve()
+    path = workspace / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start = time.monotonic()
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    raise TimeoutError(
+                        f"{path}: workspace still locked after {timeout_s:.0f} s by "
+                        f"{_read_holder(path)}"
+                    ) from None
+                if on_wait is not None and not told:
+                    on_wait(f"waiting for the DVC workspace {workspace}, held by {_read_holder(path)}")
+                    told = True
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        who = f"{holder} " if holder else ""
+        since = time.strftime("%Y-%m-%dT%H:%M:%S")
+        os.pwrite(fd, f"{who}(pid {os.getpid()}, since {since})\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
