@@ -1,0 +1,187 @@
+"""One reader per published data format, and `read_source` that turns a `params.yaml` source into
+a normalised Arrow table.
+
+    READERS[format]      -> reader(files, ctx, **options) yielding rows
+    FORMAT_KIND[format]  -> key of `simcse_ops.schemas.KINDS` (the table's schema)
+    read_source(name, source_config, data_root) -> pyarrow.Table
+
+Every row carries `file` (relative to the data root) and `line` (1-based) so any later stage can
+point back at the original record.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from simcse_ops.config import ConfigError, SourceConfig
+from simcse_ops.files import DataError
+from simcse_ops.readers.base import ReadContext
+from simcse_ops.readers.bias import read_crows_pairs_csv, read_seat_json
+from simcse_ops.readers.corpus import read_lines, read_pubmedqa_json, read_wikiextractor
+from simcse_ops.readers.nli import read_nli_csv, read_snli_jsonl
+from simcse_ops.readers.sts import read_semeval_sts, read_sick_full, read_sick_semeval, read_stsb_csv
+from simcse_ops.schemas import KINDS
+
+READERS = {
+    "semeval_sts": read_semeval_sts,
+    "stsb_csv": read_stsb_csv,
+    "sick_semeval": read_sick_semeval,
+    "sick_full": read_sick_full,
+    "lines": read_lines,
+    "wikiextractor": read_wikiextractor,
+    "pubmedqa_json": read_pubmedqa_json,
+    "snli_jsonl": read_snli_jsonl,
+    "nli_csv": read_nli_csv,
+    "seat_json": read_seat_json,
+    "crows_pairs_csv": read_crows_pairs_csv,
+}
+
+FORMAT_KIND = {
+    "semeval_sts": "sts",
+    "stsb_csv": "sts",
+    "sick_semeval": "sts",
+    "sick_full": "sts",
+    "lines": "corpus",
+    "wikiextractor": "corpus",
+    "pubmedqa_json": "corpus",
+    "snli_jsonl": "nli",
+    "nli_csv": "nli",
+    "seat_json": "seat",
+    "crows_pairs_csv": "crows_pairs",
+}
+
+__all__ = ["FORMAT_KIND", "READERS", "SourceResult", "expand_paths", "load_source", "read_source"]
+
+
+@dataclass
+class SourceResult:
+    """A source read into its kind's schema, with the counts ingest reports."""
+
+    name: str
+    kind: str
+    table: pa.Table
+    files: list[str]
+    n_bad: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        """Row counts for `metrics/ingest.json` (per split and subset for STS sources)."""
+        out: dict = {"kind": self.kind, "files": len(self.files), "rows": self.table.num_rows,
+                     "bad_records": self.n_bad}
+        if self.kind == "sts":
+            out["splits"] = _counts(self.table, "split")
+            out["subsets"] = _counts(self.table, "subset")
+        elif self.kind == "seat":
+            out["tests"] = len(set(self.table.column("test").to_pylist()))
+        elif self.kind == "crows_pairs":
+            out["bias_types"] = _counts(self.table, "bias_type")
+        out.update(sorted(self.stats.items()))
+        if self.bad_examples:
+            out["bad_examples"] = self.bad_examples
+        return out
+
+
+def _counts(table: pa.Table, column: str) -> dict[str, int]:
+    return dict(sorted(Counter(table.column(column).to_pylist()).items()))
+
+
+def expand_paths(name: str, source: SourceConfig, data_root: Path) -> list[Path]:
+    """Expand `sources.<name>.paths` (glob patterns allowed) against the data root.
+
+    Each pattern's matches are sorted; patterns keep their listed order; a file matched twice is
+    read once. A pattern that matches nothing is an error naming the params key.
+    """
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for i, pattern in enumerate(source.paths):
+        full = data_root / pattern
+        if glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(str(full)) if Path(p).is_file())
+        else:
+            matches = [full] if full.is_file() else []
+        if not matches:
+            raise FileNotFoundError(
+                f"{full}: no such file (sources.{name}.paths[{i}] = {pattern!r}, data root "
+                f"{data_root}); fix sources.{name}.paths in params.yaml or set data.root / "
+                f"$SIMCSE_DATA_ROOT"
+            )
+        for p in matches:
+            if p not in seen:
+                seen.add(p)
+                files.append(p)
+    return files
+
+
+def _check_options(name: str, source: SourceConfig, reader) -> None:
+    params = inspect.signature(reader).parameters
+    allowed = [p for p in list(params)[2:]]
+    unknown = sorted(set(source.options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"sources.{name}.options: unknown option(s) {', '.join(map(repr, unknown))} for format "
+            f"{source.format!r}; allowed: {', '.join(allowed) or 'none'}"
+        )
+
+
+def load_source(
+    name: str, source: SourceConfig, data_root: Path | str, max_bad_fraction: float = 0.0
+) -> SourceResult:
+    """Read every file of source `name` with its format's reader into the kind's schema.
+
+    Malformed records raise `DataError` (file:line, found, expected) unless `max_bad_fraction`
+    > 0: then they are skipped and counted, and the source fails only if skipped / (kept +
+    skipped) exceeds the fraction.
+    """
+    if source.format not in READERS:
+        raise ConfigError(
+            f"sources.{name}.format: unknown format {source.format!r}; "
+            f"known: {', '.join(sorted(READERS))}"
+        )
+    reader = READERS[source.format]
+    _check_options(name, source, reader)
+    data_root = Path(data_root)
+    files = expand_paths(name, source, data_root)
+    kind = FORMAT_KIND[source.format]
+    schema = KINDS[kind]
+    ctx = ReadContext(source=name, data_root=data_root, max_bad_fraction=max_bad_fraction)
+    rows = list(reader(files, ctx, **source.options))
+    if not rows:
+        raise DataError(
+            files[0] if len(files) == 1 else data_root, None, f"no records in {len(files)} file(s)",
+            f"at least one {source.format} record", f"check sources.{name}.paths and format",
+        )
+    total = len(rows) + ctx.n_bad
+    if ctx.n_bad and ctx.n_bad / total > max_bad_fraction:
+        first = ctx.first_bad
+        raise DataError(
+            first.path,
+            first.line,
+            f"{ctx.n_bad} malformed record(s) of {total} ({ctx.n_bad / total:.2%}), the first: "
+            f"{first.found} where {first.expected} was expected",
+            f"at most ingest.max_bad_fraction = {max_bad_fraction:g} of source {name!r}",
+            "repair the files, or raise ingest.max_bad_fraction in params.yaml",
+        )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return SourceResult(
+        name=name,
+        kind=kind,
+        table=table,
+        files=[ctx.rel(f) for f in files],
+        n_bad=ctx.n_bad,
+        bad_examples=list(ctx.bad_errors),
+        stats=dict(ctx.stats),
+    )
+
+
+def read_source(
+    name: str, source: SourceConfig, data_root: Path | str, max_bad_fraction: float = 0.0
+) -> pa.Table:
+    """The normalised table of source `name` (see `load_source`)."""
+    return load_source(name, source, data_root, max_bad_fraction).table
