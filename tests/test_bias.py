@@ -94,6 +94,18 @@ def test_association_by_hand():
     np.testing.assert_allclose(association(w, a, b), [0.8, -0.6, 0.0], atol=1e-12)
 
 
+def test_association_matches_pairwise_cosines():
+    """The one-product form equals the definition: a double loop over cosines."""
+    rng = np.random.default_rng(3)
+    w, a, b = rng.normal(size=(5, 8)), rng.normal(size=(4, 8)), rng.normal(size=(6, 8))
+
+    def cos(u, v):
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    expected = [np.mean([cos(x, ai) for ai in a]) - np.mean([cos(x, bi) for bi in b]) for x in w]
+    np.testing.assert_allclose(association(w, a, b), expected, atol=1e-12)
+
+
 def test_tiny_seat_by_hand():
     # A = {(1,0)}, B = {(0,1)}: s(w) = cos(w,(1,0)) - cos(w,(0,1)).
     # X: "x1" (1,0) -> s = 1;  "x2" (1,1) -> s = 1/sqrt2 - 1/sqrt2 = 0
