@@ -1,8 +1,17 @@
-"""DVC stage `train@<variant>`: produce `models/<variant>/` from params.yaml `variants.<variant>`."""
+"""DVC stage `train@<variant>`: produce `models/<variant>/` from params.yaml `variants.<variant>`.
+
+    python -m stages.train --variant sup-nli --data data/clean --eval-data data/ingested \
+        --out models/sup-nli --metrics metrics/sup-nli/train --checkpoints checkpoints/sup-nli
+
+`method: pretrained` exports the base encoder untrained; `unsup` / `sup` train SimCSE. Several
+processes: `torchrun --nproc_per_node=2 -m stages.train ...` (gloo on CPU, NCCL on CUDA).
+A run interrupted at any point resumes from its last checkpoint in --checkpoints.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -10,14 +19,21 @@ from simcse_ops.config import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", type=Path, default=Path("data/clean"))
+    ap.add_argument("--data", type=Path, default=Path("data/clean"), help="folder of <source>.parquet training data")
+    ap.add_argument("--eval-data", type=Path, default=Path("data/ingested"),
+                    help="folder holding the dev task's <source>.parquet (evaluate.dev_task)")
+    ap.add_argument("--no-dev", action="store_true", help="skip STS-B dev evaluation; export the final step")
     ap.add_argument("--out", type=Path, required=True, help="model folder to write")
     ap.add_argument("--metrics", type=Path, required=True, help="folder for training metrics and plots")
+    ap.add_argument("--checkpoints", type=Path, default=None, help="resumable checkpoints (default checkpoints/<variant>)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     params = load_params(args.params)
     variant = params.variant(args.variant)
@@ -26,7 +42,23 @@ def main(argv: list[str] | None = None) -> None:
 
         export_pretrained(variant.base_model, args.out)
         return
-    raise SystemExit(f"train: method {variant.method!r} is not implemented yet")
+
+    from simcse_ops.trainer import run_training
+
+    dev_task = params.evaluate.dev_task
+    run_training(
+        variant,
+        variant=args.variant,
+        data_dir=args.data,
+        out_dir=args.out,
+        metrics_dir=args.metrics,
+        ckpt_dir=args.checkpoints or Path("checkpoints") / args.variant,
+        dev_path=None if args.no_dev else args.eval_data / f"{dev_task.source}.parquet",
+        dev_split=dev_task.split,
+        dev_batch_size=params.evaluate.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
 
 
 if __name__ == "__main__":
