@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from simcse_ops.bias import (
+    SETS,
     BiasConfig,
     BiasGateConfig,
     SeatTest,
@@ -33,41 +34,18 @@ SEAT_GLOBS = ("bias/sent-bias/tests/*.jsonl", "bias/bias-bench-seat-religion/*.j
 
 
 # --------------------------------------------------------------------------------------------
-# Raw SEAT files -> the SEAT table (schema simcse_ops.schemas.SEAT), as ingest writes it.
-
-
-def seat_rows(path: Path) -> list[dict]:
-    """Rows of one SEAT file: each `.jsonl` is ONE pretty-printed JSON object; `line` is where the
-    example's string literal stands in the file (searched forward, in file order)."""
-    text = path.read_text(encoding="utf-8")
-    obj = json.loads(text)
-    lines = text.splitlines()
-    rows, at = [], 0
-    for set_name in ("targ1", "targ2", "attr1", "attr2"):
-        for ex in obj[set_name]["examples"]:
-            lit = json.dumps(ex)
-            while lit not in lines[at]:
-                at += 1
-            rows.append(
-                {
-                    "test": path.stem,
-                    "set": set_name,
-                    "category": obj[set_name]["category"],
-                    "text": ex,
-                    "file": str(path),
-                    "line": at + 1,
-                }
-            )
-            at += 1
-    return rows
+# The SEAT table as ingest writes it (the real reader over the real files)
 
 
 def seat_files(data_root: Path) -> list[Path]:
     return [p for g in SEAT_GLOBS for p in sorted(data_root.glob(g))]
 
 
-def seat_table(data_root: Path) -> pd.DataFrame:
-    return pd.DataFrame([r for p in seat_files(data_root) for r in seat_rows(p)])
+def seat_table(params) -> pd.DataFrame:
+    """Rows of schema simcse_ops.schemas.SEAT for params.yaml `sources.seat`, via ingest's reader."""
+    from simcse_ops.readers import load_source
+
+    return load_source("seat", params.sources["seat"], params.data_root).table.to_pandas()
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,16 +285,18 @@ def test_each_distinct_sentence_encoded_once():
 # Reading the real SEAT files
 
 
-def test_every_seat_file_reads(data_root):
+def test_every_seat_file_reads(params, data_root):
     files = seat_files(data_root)
     assert len([f for f in files if "sent-bias" in str(f)]) == 46
     assert len([f for f in files if "religion" in str(f)]) == 4
-    tests = seat_tests_from_table(seat_table(data_root))
-    assert len(tests) == 50
-    assert set(tests) == {f.stem for f in files}
-    for name, t in tests.items():
-        assert len(t.x) == len(t.y) >= 4, name  # every published test is balanced
-        assert min(len(t.a), len(t.b)) >= 7, name
+    tests = seat_tests_from_table(seat_table(params))
+    assert set(tests) == {f.stem for f in files} and len(tests) == 50
+    for f in files:  # each file is ONE pretty-printed JSON object: compare with json.load directly
+        raw = json.loads(f.read_text(encoding="utf-8"))
+        t = tests[f.stem]
+        assert (t.x, t.y, t.a, t.b) == tuple(tuple(raw[s]["examples"]) for s in SETS), f.name
+        assert t.categories == tuple(raw[s]["category"] for s in SETS), f.name
+        assert len(t.x) == len(t.y) >= 4, f.name  # every published test is balanced
     w1 = tests["sent-weat1"]
     assert (len(w1.x), len(w1.y), len(w1.a), len(w1.b)) == (350, 350, 215, 250)
     assert w1.categories == ("Flowers", "Insects", "Pleasant", "Unpleasant")
