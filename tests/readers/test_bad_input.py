@@ -134,6 +134,21 @@ def test_unknown_option(tmp_path):
     assert_names(e.value, "sources.toy.options", None, "'min_wrds'", "drop_unterminated_last_line")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_words": "4"}, "sources.wiki.options.min_words: expected an integer, got '4'"),
+        ({"min_words": True}, "sources.wiki.options.min_words: expected an integer, got True"),
+        ({"splitter": "punkt"}, "sources.wiki.options.splitter: expected 'rules' or 'pysbd', got 'punkt'"),
+    ],
+)
+def test_option_types(tmp_path, options, message):
+    write(tmp_path, "wiki_00", '<doc id="1" url="" title="A">\nA\n\nSome text here.\n</doc>\n')
+    with pytest.raises(ConfigError) as e:
+        read_source("wiki", src("wikiextractor", "wiki_00", role="train-unsup", **options), tmp_path)
+    assert message in str(e.value)
+
+
 def test_unknown_format(tmp_path):
     with pytest.raises(ConfigError, match=r"sources.toy.format: unknown format 'tsv'"):
         read_source("toy", src("tsv", "x.txt"), tmp_path)

@@ -157,3 +157,15 @@ def test_real_sts13_through_the_stage(tmp_path, monkeypatch, params, data_root):
     metrics = run()
     assert metrics["sources"]["sts13"]["rows"] == 1500
     assert pq.read_table(tmp_path / "data/ingested/sts13.parquet").num_rows == 1500
+
+
+def test_bad_records_within_budget_are_reported(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["max_bad_fraction"] = 0.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project.parent / "data_root/sts/STS.gs.toy.txt").write_text("4.8\n\nabc\n")
+    metrics = run()
+    sts = metrics["sources"]["toy_sts"]
+    assert (sts["rows"], sts["bad_records"], sts["unscored"]) == (1, 1, 1)
+    assert "STS.gs.toy.txt:3: found score 'abc'" in sts["bad_examples"][0]
+    assert metrics["bad_records"] == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import inspect
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,15 +120,32 @@ def expand_paths(name: str, source: SourceConfig, data_root: Path) -> list[Path]
     return files
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_options(name: str, source: SourceConfig, reader) -> None:
-    params = inspect.signature(reader).parameters
-    allowed = [p for p in list(params)[2:]]
+    """Every `sources.<name>.options` key must be a keyword of the reader, with a value of the
+    keyword's type (or one of its Literal values)."""
+    allowed = list(inspect.signature(reader).parameters)[2:]
     unknown = sorted(set(source.options) - set(allowed))
     if unknown:
         raise ConfigError(
             f"sources.{name}.options: unknown option(s) {', '.join(map(repr, unknown))} for format "
             f"{source.format!r}; allowed: {', '.join(allowed) or 'none'}"
         )
+    hints = typing.get_type_hints(reader)
+    for key, value in source.options.items():
+        tp = hints.get(key)
+        if typing.get_origin(tp) is typing.Literal:
+            ok, expected = value in typing.get_args(tp), " or ".join(map(repr, typing.get_args(tp)))
+        elif tp in (bool, int, float, str):
+            ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+            ok = ok or (tp is float and isinstance(value, int) and not isinstance(value, bool))
+            expected = _TYPE_NAMES[tp]
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"sources.{name}.options.{key}: expected {expected}, got {value!r}")
 
 
 def load_source(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from simcse_ops.files import DataError
 from simcse_ops.readers.base import JsonStringLines, ReadContext, decode_text, iter_lines, read_bytes
-from simcse_ops.readers.sentences import get_splitter
+from simcse_ops.readers.sentences import Splitter, get_splitter
 
 
 def read_lines(
@@ -83,7 +83,7 @@ def read_wikiextractor(
     ctx: ReadContext,
     min_words: int = 1,
     max_heading_words: int = 6,
-    splitter: str = "rules",
+    splitter: Splitter = "rules",
 ) -> Iterator[dict]:
     """WikiExtractor output: `<doc id=.. url=.. title=..>`, the title line, one paragraph per
     line, `</doc>`.
@@ -153,7 +153,7 @@ def _wiki_doc(path, ctx, doc_id, body, min_words, max_heading_words, split) -> I
 
 
 def read_pubmedqa_json(
-    files: Sequence[Path], ctx: ReadContext, min_words: int = 1, splitter: str = "rules"
+    files: Sequence[Path], ctx: ReadContext, min_words: int = 1, splitter: Splitter = "rules"
 ) -> Iterator[dict]:
     """PubMedQA (`ori_pqal.json`): one JSON object keyed by PMID, each with `CONTEXTS` (the
     abstract's section paragraphs) and `LONG_ANSWER` (its conclusion). Both are split into

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 # Lower-cased abbreviations (without the final period) after which a period does not end a
 # sentence even when a capitalised word follows. Kept short and unambiguous: words that often
@@ -93,6 +94,7 @@ def split_pysbd(text: str) -> list[str]:
     return [s.strip() for s in _pysbd_segmenter().segment(text) if s.strip()]
 
 
+Splitter = Literal["rules", "pysbd"]
 SPLITTERS = {"rules": split_rules, "pysbd": split_pysbd}
 
 
