@@ -1,0 +1,471 @@
+"""MLflow tracking: where runs go, what lineage they carry, and a small logger for training.
+
+Where: `resolve_tracking_uri()` gives `$MLFLOW_TRACKING_URI` when set (any MLflow server), else
+the embedded default, a SQLite file `mlflow/mlflow.db` beside params.yaml with artifacts in
+`mlflow/artifacts/` (params.yaml `mlflow`). Nothing is resolved at import: a stage's `main()`
+calls `configure()`.
+
+What every run carries (`lineage_tags()`): the variant, the git commit (and whether the tree was
+dirty), the DVC md5 of every dataset the variant's stages read (from dvc.lock) and the machine.
+
+Training calls
+
+    with tracking.start_run(variant, params=cfg_dict, root=project_root, cfg=mlflow_cfg) as run:
+        run.log_metrics(step, loss=..., sentences_per_s=...)
+        run.log_metrics(step, dev_spearman=...)
+        run.write_ref(model_dir)      # models/<variant>/mlflow_run.json: run id for later stages
+
+and evaluation, bias and registration attach to the same run with `run_for_model()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+RUN_REF = "mlflow_run.json"  # written into models/<variant>/ by training
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """params.yaml `mlflow`: the embedded store and the experiment runs go to."""
+
+    store: str = "mlflow/mlflow.db"  # SQLite backend, relative to params.yaml's folder
+    artifacts: str = "mlflow/artifacts"  # artifact root of the embedded store
+    experiment: str = "simcse"
+    # Our own retry loop (exponential backoff) replaces MLflow's built-in HTTP retries so that a
+    # dead server fails in seconds with a clear message instead of minutes of silent retrying.
+    retries: int = 4
+    backoff_s: float = 1.0
+    backoff_max_s: float = 16.0
+    http_timeout_s: int = 30
+
+
+def mlflow_config(params) -> MlflowConfig:
+    from simcse_ops.config import section
+
+    return section(params, "mlflow", MlflowConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Where runs go
+
+
+def resolve_tracking_uri(root: Path, cfg: MlflowConfig) -> str:
+    """`$MLFLOW_TRACKING_URI` if set, else `sqlite:///<root>/<cfg.store>`."""
+    env = os.environ.get(TRACKING_ENV)
+    if env:
+        return env
+    return f"sqlite:///{(Path(root) / cfg.store).resolve()}"
+
+
+def is_embedded(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def artifact_root(root: Path, cfg: MlflowConfig) -> str:
+    return (Path(root) / cfg.artifacts).resolve().as_uri()
+
+
+def configure(root: Path | str, cfg: MlflowConfig) -> str:
+    """Point MLflow (tracking and registry) at the resolved store; create `mlflow/` for the
+    embedded one. Called from `main()`, never at import. Returns the URI."""
+    import mlflow
+
+    root = Path(root)
+    uri = resolve_tracking_uri(root, cfg)
+    if uri == f"sqlite:///{(root / cfg.store).resolve()}":
+        (root / cfg.store).parent.mkdir(parents=True, exist_ok=True)
+        (root / cfg.artifacts).mkdir(parents=True, exist_ok=True)
+    # MLflow's own retries (7, factor 2) would hide a dead server for minutes; ours are bounded.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout_s))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def get_experiment_id(client, root: Path, cfg: MlflowConfig) -> str:
+    """The experiment's id, creating it (with artifacts under `mlflow/artifacts` for the embedded
+    store; the server's own artifact root otherwise)."""
+    exp = retry(lambda: client.get_experiment_by_name(cfg.experiment), "look up the experiment", cfg)
+    if exp is not None:
+        return exp.experiment_id
+    # The embedded store keeps artifacts under mlflow/artifacts; any store named by
+    # $MLFLOW_TRACKING_URI (a server, another database) uses its own artifact root.
+    # (mlflow.set_tracking_uri exports the variable, so compare URIs instead of reading it).
+    embedded = client.tracking_uri == f"sqlite:///{(Path(root) / cfg.store).resolve()}"
+    location = artifact_root(root, cfg) if embedded else None
+    try:
+        return retry(
+            lambda: client.create_experiment(cfg.experiment, artifact_location=location),
+            "create the experiment",
+            cfg,
+        )
+    except Exception:
+        exp = client.get_experiment_by_name(cfg.experiment)  # created concurrently by another stage
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --------------------------------------------------------------------------------------------
+# Retries
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking/registry store could not be reached after all retries."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors a retry can cure: refused/reset connections, timeouts, a locked SQLite file.
+
+    MLflow wraps `requests` errors in `MlflowException("API request to ... failed with exception
+    ...")`, so the whole cause/context chain is inspected.
+    """
+    import requests
+
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                          ConnectionError, TimeoutError)):
+            return True
+        text = str(e)
+        if any(s in text for s in ("Connection refused", "Max retries exceeded", "Connection reset",
+                                   "Connection aborted", "RemoteDisconnected", "database is locked",
+                                   "failed with timeout exception")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry(
+    fn: Callable[[], T],
+    what: str,
+    cfg: MlflowConfig,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] | None = None,
+) -> T:
+    """Call `fn`; on a connection error wait backoff_s * 2**k (capped) and try again, `cfg.retries`
+    times; then raise `TrackingUnavailable` naming the operation and the store. Other errors pass
+    through untouched."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    attempts = cfg.retries + 1
+    for k in range(attempts):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            if k == attempts - 1:
+                import mlflow
+
+                raise TrackingUnavailable(
+                    f"MLflow store {mlflow.get_tracking_uri()} unreachable: could not {what} after "
+                    f"{attempts} attempts with exponential backoff ({_first_line(e)}). Start the "
+                    f"server (see README 'Registry') or unset {TRACKING_ENV} to use the embedded "
+                    f"store, then rerun; params.yaml mlflow.retries/backoff_s tune the patience."
+                ) from e
+            wait = min(cfg.backoff_s * 2**k, cfg.backoff_max_s)
+            log(f"mlflow: {what} failed ({_first_line(e)}); retry {k + 1}/{cfg.retries} in {wait:.1f}s")
+            sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+# --------------------------------------------------------------------------------------------
+# Lineage and system info
+
+
+def git_info(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git.commit": "unknown (not a git checkout)"}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def _tag_key(path: str) -> str:
+    """A dvc.lock path as an MLflow tag-key suffix (no `..`, only allowed characters)."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return re.sub(r"[^\w.\-/ ]", "_", "/".join(parts)) or "root"
+
+
+def _is_dataset(path: str) -> bool:
+    p = path.replace("\\", "/")
+    if p.endswith((".py", ".yaml", ".yml", ".toml")):
+        return False
+    return not p.startswith(("src/", "stages/", "flows/", "models/", "metrics/", "tests/"))
+
+
+def dvc_data_hashes(root: Path, variant: str | None = None) -> dict[str, str]:
+    """md5 of every dataset recorded in dvc.lock: deps and outs of the data stages and of the
+    variant's own stages (code, models and metrics excluded). Empty when dvc.lock is absent."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    doc = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    out: dict[str, str] = {}
+    for stage, body in (doc.get("stages") or {}).items():
+        name, _, key = stage.partition("@")
+        if key and variant is not None and key != variant:
+            continue
+        for entry in list(body.get("deps") or []) + list(body.get("outs") or []):
+            path, md5 = entry.get("path", ""), entry.get("md5")
+            if md5 and _is_dataset(path):
+                out[_tag_key(path)] = md5
+    return out
+
+
+def system_info() -> dict[str, str]:
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    for mod in ("mlflow", "sentence_transformers", "transformers"):
+        with contextlib.suppress(Exception):
+            info[mod] = __import__(mod).__version__
+    return info
+
+
+def lineage_tags(root: Path, variant: str) -> dict[str, str]:
+    """Tags that tie a run or a model version to its code, data and machine."""
+    tags = {"variant": variant, **git_info(root)}
+    hashes = dvc_data_hashes(root, variant)
+    if hashes:
+        tags.update({f"dvc.{k}": v for k, v in hashes.items()})
+    else:
+        tags["dvc.lock"] = "absent (stage run outside dvc repro)"
+    tags.update({f"sys.{k}": v for k, v in system_info().items()})
+    return tags
+
+
+def model_hash(model_dir: Path | str) -> str:
+    """sha256 over the model folder's files (relative names and bytes; the run reference is left
+    out, so it identifies the weights and configuration only)."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = f.relative_to(model_dir).as_posix()
+        if rel == RUN_REF:
+            continue
+        h.update(rel.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def who() -> str:
+    """The person (or job) behind an action: $SIMCSE_OPS_USER, else user@host."""
+    env = os.environ.get("SIMCSE_OPS_USER")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+class RunLogger:
+    """Thin handle on one MLflow run; every call is retried on connection errors.
+    With `enabled=False` (non-zero DDP ranks) every method does nothing."""
+
+    def __init__(self, client, run_id: str | None, cfg: MlflowConfig) -> None:
+        self.client, self.run_id, self.cfg = client, run_id, cfg
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def log_metrics(self, step: int, **metrics: float) -> None:
+        if not self.enabled or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch), "log metrics", self.cfg)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled or not params:
+            return
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        existing = self.client.get_run(self.run_id).data.params
+        batch = [Param(k, v[:6000]) for k, v in flat.items() if k not in existing]
+        if batch:
+            retry(lambda: self.client.log_batch(self.run_id, params=batch), "log params", self.cfg)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.enabled or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
+        retry(lambda: self.client.log_batch(self.run_id, tags=batch), "set run tags", self.cfg)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+                  f"upload {path}", self.cfg)
+
+    def write_ref(self, model_dir: Path | str) -> None:
+        """Record this run in the model folder so evaluation, bias and registration attach to it."""
+        if not self.enabled:
+            return
+        from simcse_ops.files import write_json
+
+        write_json(Path(model_dir) / RUN_REF,
+                   {"run_id": self.run_id, "tracking_uri": self.client.tracking_uri})
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+@contextlib.contextmanager
+def start_run(
+    variant: str,
+    params: Mapping[str, Any] | None = None,
+    root: Path | str = ".",
+    cfg: MlflowConfig | None = None,
+    enabled: bool = True,
+    run_name: str | None = None,
+) -> Iterator[RunLogger]:
+    """Open a run for `variant` in the configured store with params, lineage and system tags.
+    The run ends FINISHED, or FAILED if the block raises (the exception propagates)."""
+    from mlflow import MlflowClient
+
+    cfg = cfg or MlflowConfig()
+    if not enabled:
+        yield RunLogger(None, None, cfg)
+        return
+    root = Path(root)
+    client = MlflowClient()
+    exp_id = get_experiment_id(client, root, cfg)
+    tags = {**lineage_tags(root, variant), "stage": "train", "user": who()}
+    run = retry(
+        lambda: client.create_run(exp_id, run_name=run_name or f"train-{variant}", tags=tags),
+        "create a run", cfg,
+    )
+    logger = RunLogger(client, run.info.run_id, cfg)
+    logger.log_params(params or {})
+    status = "FAILED"
+    try:
+        yield logger
+        status = "FINISHED"
+    finally:
+        with contextlib.suppress(Exception):
+            retry(lambda: client.set_terminated(run.info.run_id, status), "end the run", cfg)
+
+
+def run_for_model(
+    variant: str,
+    model_dir: Path | str,
+    root: Path | str = ".",
+    cfg: MlflowConfig | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> RunLogger:
+    """The run that produced `model_dir` (evaluation, bias and registration attach to it):
+
+    1. the run named in `model_dir/mlflow_run.json`, if it exists in this store;
+    2. else the newest run of the experiment tagged with this variant and this model hash;
+    3. else a new run (the `base` variant is never trained; a model trained without tracking or
+       against another store) with lineage tags and the given params.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg = cfg or MlflowConfig()
+    root, model_dir = Path(root), Path(model_dir)
+    client = MlflowClient()
+    digest = model_hash(model_dir)
+    ref = model_dir / RUN_REF
+    if ref.is_file():
+        run_id = json.loads(ref.read_text(encoding="utf-8")).get("run_id")
+        try:
+            run = retry(lambda: client.get_run(run_id), "look up the training run", cfg)
+            logger = RunLogger(client, run.info.run_id, cfg)
+            logger.set_tags({"model_sha256": digest})
+            return logger
+        except MlflowException:
+            pass  # recorded in another store
+    exp_id = get_experiment_id(client, root, cfg)
+    found = retry(
+        lambda: client.search_runs(
+            [exp_id],
+            filter_string=f"tags.variant = '{variant}' and tags.model_sha256 = '{digest}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        ),
+        "search runs", cfg,
+    )
+    if found:
+        return RunLogger(client, found[0].info.run_id, cfg)
+    tags = {**lineage_tags(root, variant), "model_sha256": digest, "user": who(), "stage": "register"}
+    run = retry(lambda: client.create_run(exp_id, run_name=f"{variant}", tags=tags), "create a run", cfg)
+    retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"), "end the run", cfg)
+    logger = RunLogger(client, run.info.run_id, cfg)
+    logger.log_params(params or {})
+    return logger
+
+
+def attach_results(logger: RunLogger, prefix: str, metrics: Mapping[str, Any],
+                   files: list[Path] | tuple[Path, ...] = ()) -> None:
+    """Log numeric entries of a flat metrics mapping as `<prefix>.<key>` and upload `files`
+    (used for sts.json and bias.json)."""
+    numeric = {f"{prefix}.{k}": float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        logger.log_metrics(0, **numeric)
+    for f in files:
+        if Path(f).is_file():
+            logger.log_artifact(f, prefix)
