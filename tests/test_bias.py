@@ -419,3 +419,40 @@ def test_gate_null_threshold_skips_criterion():
     cfg = BiasGateConfig(max_mean_abs_effect_size_increase=None, max_n_significant_increase=0)
     ok, reasons = gate_bias(_summary(0.9, 10), _summary(0.3, 10), cfg)
     assert ok and len(reasons) == 1 and "significant" in reasons[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The README / model-card table
+
+
+def test_effect_size_table(tmp_path, capsys):
+    from simcse_ops.bias import effect_size_table, main
+
+    def entry(d, p, sig):
+        return {"effect_size": d, "p_value": p, "significant": sig, "categories": "X vs Y / A vs B"}
+
+    base = {
+        "variant": "base",
+        "tests": {"t1": entry(0.5, 0.001, True), "t2": entry(-1.234, None, False)},
+        "summary": {"mean_abs_effect_size": 0.867, "n_significant": 1, "n_tests": 2, "alpha": 0.01},
+    }
+    sup = {
+        "variant": "sup-nli",
+        "tests": {"t1": entry(0.1, 0.4, False)},
+        "summary": {"mean_abs_effect_size": 0.1, "n_significant": 0, "n_tests": 1, "alpha": 0.01},
+    }
+    table = effect_size_table({"base": base, "sup-nli": sup})
+    lines = table.splitlines()
+    assert lines[0] == "| test | targets / attributes | base | sup-nli |"
+    assert lines[2] == "| t1 | X vs Y / A vs B | +0.50* | +0.10 |"
+    assert lines[3] == "| t2 | X vs Y / A vs B | -1.23† |  |"
+    assert lines[4] == "| **mean \\|d\\|** | | **0.867** | **0.100** |"
+    assert lines[5] == "| **significant** | Holm, alpha 0.01 | **1 / 2** | **0 / 1** |"
+
+    for name, r in (("base", base), ("sup-nli", sup)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bias.json").write_text(json.dumps(r))
+    main([str(tmp_path / "base" / "bias.json"), str(tmp_path / "sup-nli" / "bias.json")])
+    assert capsys.readouterr().out == table
+    with pytest.raises(FileNotFoundError, match="run the bias stage first"):
+        main([str(tmp_path / "nope.json")])

@@ -510,3 +510,72 @@ def gate_bias(
             f"({c_sig - k_sig:+d}; allowed +{g.max_n_significant_increase})"
         )
     return bool(ok), reasons
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+def effect_size_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of effect sizes: one row per test, one column per variant.
+
+    `results` maps a variant name to its bias.json mapping. A cell is d with two decimals, `*` when
+    significant after Holm-Bonferroni, `†` when no p-value could be computed; blank when the
+    variant did not run the test. The last rows are mean |d| and the number significant.
+    """
+    variants = list(results)
+    tests: dict[str, str] = {}
+    for r in results.values():
+        for name, t in r["tests"].items():
+            tests.setdefault(name, t.get("categories", ""))
+    lines = [
+        "| test | targets / attributes | " + " | ".join(variants) + " |",
+        "|---|---|" + "---:|" * len(variants),
+    ]
+    for name, cats in tests.items():
+        cells = []
+        for v in variants:
+            t = results[v]["tests"].get(name)
+            if t is None:
+                cells.append("")
+                continue
+            mark = "*" if t["significant"] else ("†" if t["p_value"] is None else "")
+            cells.append(f"{t['effect_size']:+.2f}{mark}")
+        lines.append(f"| {name} | {cats} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **mean \\|d\\|** | | "
+        + " | ".join(f"**{results[v]['summary']['mean_abs_effect_size']:.3f}**" for v in variants)
+        + " |"
+    )
+    lines.append(
+        "| **significant** | Holm, alpha "
+        + "/".join(sorted({f"{results[v]['summary']['alpha']:g}" for v in variants}))
+        + " | "
+        + " | ".join(
+            f"**{results[v]['summary']['n_significant']} / {results[v]['summary']['n_tests']}**" for v in variants
+        )
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m simcse_ops.bias metrics/base/bias.json metrics/sup-nli/bias.json ...` prints the
+    README's effect-size table (columns in the order given)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("files", nargs="+", type=Path, help="bias.json files written by the bias stage")
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    for f in args.files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: not found; run the bias stage first (dvc repro bias@<variant>)")
+        r = json.loads(f.read_text(encoding="utf-8"))
+        results[r.get("variant") or f.parent.name] = r
+    print(effect_size_table(results), end="")
+
+
+if __name__ == "__main__":
+    main()
