@@ -387,7 +387,7 @@ def _summary(mean: float, sig: int, n: int = 50) -> dict:
 def test_gate_passes_within_thresholds():
     cfg = BiasGateConfig(max_mean_abs_effect_size_increase=0.05, max_n_significant_increase=1)
     ok, reasons = gate_bias(_summary(0.34, 11), _summary(0.30, 10), cfg)
-    assert ok and len(reasons) == 2 and all(r.startswith("bias ok:") for r in reasons)
+    assert ok and len(reasons) == 2 and all(r.startswith("ok: bias:") for r in reasons)
     assert "+0.0400" in reasons[0]
 
 
@@ -401,14 +401,14 @@ def test_gate_passes_within_thresholds():
 def test_gate_fails_when_worse(challenger, failing):
     ok, reasons = gate_bias(challenger, _summary(0.30, 10), BiasConfig())
     assert not ok
-    fails = [r for r in reasons if r.startswith("bias fail:")]
+    fails = [r for r in reasons if r.startswith("fail: bias:")]
     assert len(fails) == 1 and failing in fails[0]
 
 
 def test_gate_accepts_tags_and_full_json_and_no_champion():
     tags = {"mean_abs_effect_size": "0.31", "n_significant": "10", "n_tests": "50"}
     assert gate_bias(tags, {"summary": _summary(0.30, 10), "tests": {}}, BiasConfig())[0]
-    assert gate_bias(_summary(0.9, 50), None, BiasConfig()) == (True, ["bias ok: no champion to compare with"])
+    assert gate_bias(_summary(0.9, 50), None, BiasConfig()) == (True, ["ok: bias: no reference bias summary to compare with"])
     ok, reasons = gate_bias(_summary(0.30, 10, n=46), _summary(0.30, 10, n=50), BiasConfig())
     assert not ok and "46 SEAT tests, champion on 50" in reasons[0]
     with pytest.raises(ValueError, match="lacks 'n_significant'"):

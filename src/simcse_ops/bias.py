@@ -478,17 +478,18 @@ def gate_bias(
     - challenger mean |d| <= champion mean |d| + max_mean_abs_effect_size_increase
     - challenger n_significant <= champion n_significant + max_n_significant_increase
     Summaries must come from the same number of tests, otherwise they are not comparable and the
-    gate fails. Every criterion checked yields one reason, prefixed "bias ok:" or "bias fail:".
-    With no champion (`None`) the criterion holds vacuously.
+    gate fails. Every criterion checked yields one reason, prefixed "ok: bias:" or "fail: bias:"
+    (the registry gate's convention). With no reference summary (`None`: no champion, or one
+    registered without bias results) the criterion holds vacuously.
     """
     g = cfg.gate if isinstance(cfg, BiasConfig) else cfg
     c_mean, c_sig, c_n = _summary_of(challenger_summary, "challenger")
     if champion_summary is None:
-        return True, ["bias ok: no champion to compare with"]
+        return True, ["ok: bias: no reference bias summary to compare with"]
     k_mean, k_sig, k_n = _summary_of(champion_summary, "champion")
     if c_n != k_n:
         return False, [
-            f"bias fail: challenger was probed on {c_n} SEAT tests, champion on {k_n}; "
+            f"fail: bias: challenger was probed on {c_n} SEAT tests, champion on {k_n}; "
             f"rerun the bias stage on both with the same bias.tests"
         ]
     ok = True
@@ -498,7 +499,7 @@ def gate_bias(
         passed = c_mean <= limit + 1e-12
         ok &= passed
         reasons.append(
-            f"bias {'ok' if passed else 'fail'}: mean |effect size| {c_mean:.4f} vs champion {k_mean:.4f} "
+            f"{'ok' if passed else 'fail'}: bias: mean |effect size| {c_mean:.4f} vs champion {k_mean:.4f} "
             f"({c_mean - k_mean:+.4f}; allowed +{g.max_mean_abs_effect_size_increase:.4f})"
         )
     if g.max_n_significant_increase is not None:
@@ -506,7 +507,7 @@ def gate_bias(
         passed = c_sig <= limit_n
         ok &= passed
         reasons.append(
-            f"bias {'ok' if passed else 'fail'}: {c_sig} significant SEAT tests of {c_n} vs champion {k_sig} "
+            f"{'ok' if passed else 'fail'}: bias: {c_sig} significant SEAT tests of {c_n} vs champion {k_sig} "
             f"({c_sig - k_sig:+d}; allowed +{g.max_n_significant_increase})"
         )
     return bool(ok), reasons
