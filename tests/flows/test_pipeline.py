@@ -1,0 +1,111 @@
+"""`flows.pipeline`: stage order, DVC output in task logs, failures, retries and artifacts.
+
+Real DVC and a real (temporary) Prefect server; the stages are stand-ins (tests/flows/fake_project.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.pipeline import (
+    artifact_key,
+    mlflow_run_url,
+    pipeline,
+    plan_stages,
+    registry_markdown,
+)
+from simcse_ops.config import ConfigError
+from simcse_ops.dvc_runner import DvcError
+from tests.flows.conftest import flow_run_logs, read_artifact
+from tests.flows.fake_project import TASKS, calls, make_fake_project
+
+
+def test_plan_orders_shared_stages_then_each_variant_chain():
+    available = ["ingest", "dedup", "validate", "train@a", "evaluate@a", "bias@a", "register@a",
+                 "train@base", "evaluate@base", "bias@base"]
+    assert plan_stages(available, ["base", "a"]) == [
+        "ingest", "dedup", "validate",
+        "train@base", "evaluate@base", "bias@base",
+        "train@a", "evaluate@a", "bias@a", "register@a",
+    ]
+
+
+def test_plan_fails_on_a_missing_shared_stage_or_variant():
+    with pytest.raises(ConfigError, match="no stage.*dedup"):
+        plan_stages(["ingest", "validate", "train@a"], ["a"])
+    with pytest.raises(ConfigError, match="no stage for variant 'b'"):
+        plan_stages(["ingest", "dedup", "validate", "train@a"], ["b"])
+
+
+def test_artifact_keys_and_links():
+    assert artifact_key("retrain-Bio_Med", "sts") == "retrain-bio-med-sts"
+    assert mlflow_run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
+    assert mlflow_run_url("http://h:5000", None, None) is None
+    md = registry_markdown("biomed", {"model": "simcse-biomed", "version": 4, "decision": "kept",
+                                      "reasons": ["avg 70.1 < champion 71.0 - 0.5"],
+                                      "run_id": "abc", "experiment_id": "3"}, "http://h:5000")
+    assert "# simcse-biomed version 4: kept" in md
+    assert "avg 70.1 < champion 71.0 - 0.5" in md
+    assert "(http://h:5000/#/experiments/3/runs/abc)" in md
+
+
+@pytest.fixture()
+def project(tmp_path):
+    return make_fake_project(tmp_path / "proj", retries=1)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_in_order_and_publishes_artifacts(prefect_server, project):
+    state = pipeline(variants=["base", "biomed"], workspace=str(project), return_state=True)
+    assert state.is_completed(), state
+    statuses = state.result()
+    assert list(statuses) == [
+        "ingest", "dedup", "validate",
+        "train@base", "evaluate@base", "bias@base", "register@base",
+        "train@biomed", "evaluate@biomed", "bias@biomed", "register@biomed",
+    ]
+    assert set(statuses.values()) == {"ran"}
+    assert calls(project) == list(statuses)  # DVC ran each one, in this order
+    assert "train@wiki" not in calls(project)
+
+    logs = flow_run_logs(state.state_details.flow_run_id)
+    assert "fake train running for biomed" in logs           # the stage's stdout
+    assert "[stderr] fake train: a warning on stderr" in logs  # and its stderr
+    assert any("Running stage 'evaluate@biomed'" in m for m in logs)  # DVC's own output
+
+    table = read_artifact("pipeline-sts")
+    assert table is not None and table.type == "table"
+    rows = json.loads(table.data)
+    assert [r["variant"] for r in rows] == ["base", "biomed"]
+    assert set(rows[0]) == {"variant", *TASKS, "avg"}
+    decision = read_artifact("registry-biomed")
+    assert decision.type == "markdown"
+    assert "simcse-biomed version 1: promoted" in decision.data
+    assert "http://mlflow.test:5000/#/experiments/1/runs/run1" in decision.data
+
+    # A second run finds everything up to date: DVC skips, nothing is re-run.
+    again = pipeline(variants=["biomed"], workspace=str(project))
+    assert set(again.values()) == {"up to date"}
+    assert len(calls(project)) == len(statuses)
+
+
+@pytest.mark.slow
+def test_a_failed_stage_is_retried_then_fails_the_flow_with_dvc_stderr(prefect_server, project,
+                                                                      monkeypatch):
+    monkeypatch.setenv("FAKE_STAGE_FAIL", "validate")
+    state = pipeline(variants=["biomed"], workspace=str(project), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DvcError) as err:
+        state.result()
+    assert "`dvc repro --single-item validate` failed" in str(err.value)
+    assert "ValueError: validate exploded on purpose" in str(err.value)
+    # flows.retries = 1: two attempts, and nothing downstream ran.
+    assert calls(project) == ["ingest", "dedup", "validate", "validate"]
+
+
+def test_unknown_variant_fails_before_any_stage(prefect_server, project):
+    with pytest.raises(ConfigError, match="no variant 'nope'; known: base, biomed, wiki"):
+        pipeline(variants=["nope"], workspace=str(project))
+    assert calls(project) == []
