@@ -367,6 +367,7 @@ def test_bias_config_from_project_params(params):
         ({"alpha": 1.5}, r"bias\.alpha: 1\.5; expected a number in \(0, 1\)"),
         ({"n_samples": 0}, r"bias\.n_samples: 0"),
         ({"source": "nope"}, r"bias\.source: no source 'nope'"),
+        ({"source": "crows_pairs"}, r"bias\.source: 'crows_pairs' has format 'crows_pairs_csv'"),
         ({"gate": {"max_n_significant_increase": -1}}, r"bias\.gate\.max_n_significant_increase"),
         ({"gate": {"max_mean_abs_effect": 0.1}}, r"bias\.gate: unknown key"),
     ],

@@ -107,6 +107,11 @@ def load_bias_config(params: Params) -> BiasConfig:
         raise ConfigError(f"{where}.batch_size: {cfg.batch_size}; expected an integer >= 1")
     if cfg.source not in params.sources:
         raise ConfigError(f"{where}.source: no source {cfg.source!r} in sources")
+    if params.sources[cfg.source].format != "seat_json":
+        raise ConfigError(
+            f"{where}.source: {cfg.source!r} has format {params.sources[cfg.source].format!r}; "
+            f"expected a seat_json source"
+        )
     g = cfg.gate
     if g.max_mean_abs_effect_size_increase is not None and g.max_mean_abs_effect_size_increase < 0:
         raise ConfigError(f"{where}.gate.max_mean_abs_effect_size_increase: expected >= 0 or null")
