@@ -1,0 +1,448 @@
+"""Great Expectations (GX Core 1.x) suites per data kind, and the validate stage's work.
+
+One `ExpectationSuite` per kind: `corpus` (unlabelled sentences), `nli` ((anchor, positive,
+negative) triples) and `sts` (evaluation pairs with gold scores). Values that differ between
+sources (score range, exact row counts) are suite parameters (`{"$PARAMETER": ...}`) filled in
+per batch, so each kind keeps a single suite. Every expectation carries
+`meta={"check": <params key>, "severity": "critical" | "warning"}` from params.yaml `validate`.
+
+A batch is one Parquet table (a training source in data/clean) or one split of an evaluation
+source (e.g. `stsb/test` in data/ingested). Derived columns are added before validation, so that
+every check is a plain GX expectation shown in Data Docs:
+
+    _key          normalised text (`simcse_ops.dedup.normalize`; the triple joined for NLI):
+                  "no duplicates left" is expect_column_values_to_be_unique on it
+    _tokens_<c>   number of whitespace tokens of text column c
+    _identical    the two sides of a pair are equal after normalisation
+
+The GX project is ephemeral (in memory): nothing is written to the source tree except the Data
+Docs site, which goes where the caller says (a DVC output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from simcse_ops.dedup import TEXT_COLUMNS, normalize_many
+
+Severity = Literal["critical", "warning"]
+
+# A character that has no business in a sentence: C0/C1 controls (tab and newline included,
+# a sentence is one line), soft hyphen, zero-width and bidi controls, BOM, replacement char.
+NONPRINTABLE_REGEX = (
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff\ufffd]"
+)
+# A character outside the Latin script blocks (and outside general punctuation and symbols):
+# Greek, Cyrillic, Arabic, CJK, ...
+NON_LATIN_REGEX = (
+    r"[^\x00-\u024f\u0300-\u036f\u1e00-\u1eff\u2000-\u2bff\u2c60-\u2c7f\ua720-\ua7ff\ufb00-\ufb06]"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# params.yaml `validate`
+
+
+@dataclass(frozen=True)
+class Rule:
+    severity: Severity = "critical"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CountRule(Rule):
+    min: int | None = 1
+    max: int | None = None
+
+
+@dataclass(frozen=True)
+class LengthRule(Rule):
+    min: int = 1
+    max: int = 256
+    mostly: float = 1.0  # share of rows that must lie in [min, max]
+
+
+@dataclass(frozen=True)
+class ShareRule(Rule):
+    max_share: float = 0.0  # share of rows allowed to break the rule
+
+
+@dataclass(frozen=True)
+class SetRule(Rule):
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreRangeRule(Rule):
+    default: tuple[float, ...] = (0.0, 5.0)
+    per_source: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from simcse_ops.config import ConfigError
+
+        for where, r in [("default", self.default), *((f"per_source.{k}", v) for k, v in self.per_source.items())]:
+            if len(r) != 2 or r[0] > r[1]:
+                raise ConfigError(f"validate.sts.score_range.{where}: expected [min, max], got {list(r)}")
+
+    def range_for(self, source: str) -> tuple[float, float]:
+        lo, hi = self.per_source.get(source, self.default)
+        return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class RowCountsRule(Rule):
+    expected: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> rows
+
+
+@dataclass(frozen=True)
+class CorpusSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    length_tokens: LengthRule = LengthRule(severity="warning", min=3, max=128, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    non_latin: ShareRule = ShareRule(severity="warning", max_share=0.02)
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class NliSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=128, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class StsSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    splits: SetRule = SetRule(values=("train", "dev", "test", "trial"))
+    score_range: ScoreRangeRule = ScoreRangeRule()
+    row_counts: RowCountsRule = RowCountsRule()
+    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.05)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    clean_roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")  # read from data/clean
+    eval_roles: tuple[str, ...] = ("eval-sts",)  # read from data/ingested
+    result_format: Literal["BOOLEAN_ONLY", "BASIC", "SUMMARY", "COMPLETE"] = "SUMMARY"
+    corpus: CorpusSuiteConfig = CorpusSuiteConfig()
+    nli: NliSuiteConfig = NliSuiteConfig()
+    sts: StsSuiteConfig = StsSuiteConfig()
+
+
+class ValidationFailed(ValueError):
+    """At least one critical expectation failed; the message lists each with its observed value."""
+
+    def __init__(self, failures: list[dict], docs: Path | None = None) -> None:
+        self.failures = failures
+        lines = [f"validate: {len(failures)} critical expectation(s) failed:"]
+        lines += [f"  - {describe_failure(f)}" for f in failures]
+        lines.append(
+            "Fix the data (or its reader), or, if the rule is wrong, change it in params.yaml "
+            "validate.<kind>.<check> (severity: warning records it without failing)."
+        )
+        if docs is not None:
+            lines.append(f"Details: {docs / 'index.html'}")
+        super().__init__("\n".join(lines))
+
+
+def describe_failure(f: dict) -> str:
+    col = f" on {f['column']}" if f.get("column") else ""
+    return (
+        f"{f['batch']} ({f['path']}): {f['check']} [{f['severity']}] — {f['expectation']}{col}: "
+        f"observed {f['observed']}; expected {f['expected']}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Suites
+
+
+def _meta(check: str, rule: Rule) -> dict:
+    return {"check": check, "severity": rule.severity}
+
+
+def build_suite(kind: str, cfg: ValidateConfig):
+    """The `ExpectationSuite` of one data kind, from params (suite parameters filled per batch)."""
+    import great_expectations as gx
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    E = gx.expectations
+    cols = TEXT_COLUMNS[kind]
+    ex: list = []
+    if kind == "corpus":
+        c = cfg.corpus
+    elif kind == "nli":
+        c = cfg.nli
+    elif kind == "sts":
+        c = cfg.sts
+    else:
+        raise ValueError(f"validate: no suite for data kind {kind!r}")
+
+    def on(rule: Rule) -> bool:
+        return rule.enabled
+
+    if on(c.not_null):
+        for col in cols + (("score",) if kind == "sts" else ()):
+            ex.append(E.ExpectColumnValuesToNotBeNull(column=col, meta=_meta("not_null", c.not_null)))
+    if on(c.not_empty):
+        for col in cols:
+            ex.append(E.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S", meta=_meta("not_empty", c.not_empty)))
+    if kind in ("corpus", "nli") and on(c.row_count):
+        ex.append(E.ExpectTableRowCountToBeBetween(min_value=c.row_count.min, max_value=c.row_count.max,
+                                                   meta=_meta("row_count", c.row_count)))
+    if kind in ("corpus", "nli") and on(c.length_tokens):
+        r = c.length_tokens
+        for col in cols:
+            ex.append(E.ExpectColumnValuesToBeBetween(column=f"_tokens_{col}", min_value=r.min, max_value=r.max,
+                                                      mostly=r.mostly, meta=_meta("length_tokens", r)))
+    if on(c.nonprintable):
+        r = c.nonprintable
+        for col in cols:
+            ex.append(E.ExpectColumnValuesToNotMatchRegex(column=col, regex=NONPRINTABLE_REGEX,
+                                                          mostly=1.0 - r.max_share, meta=_meta("nonprintable", r)))
+    if kind == "corpus" and on(c.non_latin):
+        r = c.non_latin
+        ex.append(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=NON_LATIN_REGEX,
+                                                      mostly=1.0 - r.max_share, meta=_meta("non_latin", r)))
+    if kind in ("corpus", "nli") and on(c.unique):
+        ex.append(E.ExpectColumnValuesToBeUnique(column="_key", meta=_meta("unique", c.unique)))
+    if kind in ("nli", "sts") and on(c.identical_pairs):
+        r = c.identical_pairs
+        ex.append(E.ExpectColumnValuesToBeInSet(column="_identical", value_set=[False],
+                                                mostly=1.0 - r.max_share, meta=_meta("identical_pairs", r)))
+    if kind == "sts":
+        if on(c.splits):
+            ex.append(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(c.splits.values),
+                                                    meta=_meta("splits", c.splits)))
+        if on(c.score_range):
+            ex.append(E.ExpectColumnValuesToBeBetween(
+                column="score", min_value={"$PARAMETER": "score_min"}, max_value={"$PARAMETER": "score_max"},
+                meta=_meta("score_range", c.score_range)))
+        if on(c.row_counts):
+            ex.append(E.ExpectTableRowCountToEqual(value={"$PARAMETER": "row_count"},
+                                                   meta=_meta("row_counts", c.row_counts)))
+    return ExpectationSuite(name=f"simcse_{kind}", expectations=ex)
+
+
+def prepare_frame(kind: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The batch GX validates: the table plus the derived columns the suite refers to."""
+    df = df.copy()
+    cols = TEXT_COLUMNS[kind]
+    for c in cols:
+        df[f"_tokens_{c}"] = df[c].map(lambda s: len(s.split()) if isinstance(s, str) else 0).astype("int64")
+    norms = {c: normalize_many(df[c].astype(object).where(df[c].notna(), None).tolist()) for c in cols}
+    if kind in ("corpus", "nli"):
+        df["_key"] = ["\n".join("" if x is None else x for x in row) for row in zip(*(norms[c] for c in cols))]
+    if kind in ("nli", "sts"):
+        a, b = norms[cols[0]], norms[cols[1]]
+        df["_identical"] = [x is not None and x == y for x, y in zip(a, b)]
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Batch:
+    name: str  # "wiki1m" or "stsb/test"
+    source: str
+    kind: str
+    path: Path
+    frame: pd.DataFrame
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _observed(result: dict) -> str:
+    if "observed_value" in result:
+        return repr(result["observed_value"])
+    parts = []
+    if "unexpected_count" in result:
+        parts.append(f"{result['unexpected_count']} of {result.get('element_count', '?')} rows "
+                     f"({result.get('unexpected_percent') or 0:.3g}%) unexpected")
+    if result.get("partial_unexpected_list"):
+        parts.append(f"e.g. {result['partial_unexpected_list'][:3]!r}")
+    return ", ".join(parts) or repr(result)
+
+
+def _expected(cfg_kwargs: dict, parameters: dict) -> str:
+    def resolve(v):
+        if isinstance(v, dict) and "$PARAMETER" in v:
+            return parameters.get(v["$PARAMETER"])
+        return v
+
+    keep = {k: resolve(v) for k, v in cfg_kwargs.items()
+            if k not in ("column", "meta", "result_format", "catch_exceptions", "batch_id", "rendered_content")
+            and v is not None}
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(keep.items())) or "-"
+
+
+def make_context(docs_dir: Path | None):
+    """An ephemeral GX context (analytics and progress bars off) whose Data Docs site, if any,
+    is written to `docs_dir`."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    sites = {}
+    if docs_dir is not None:
+        sites["simcse"] = {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites=sites,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def validate_batches(batches: list[Batch], cfg: ValidateConfig, docs_dir: Path | None = None) -> dict:
+    """Validate each batch with its kind's suite (one Checkpoint per batch); build Data Docs.
+
+    Returns the summary for `metrics/validate.json`; the caller decides what fails.
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import Checkpoint
+
+    ctx = make_context(docs_dir)
+    ds = ctx.data_sources.add_pandas("simcse")
+    suites = {}
+    summary: dict = {"success": True, "critical_failures": 0, "warnings": 0, "batches": {}}
+    failures: list[dict] = []
+    for b in batches:
+        if b.kind not in suites:
+            suites[b.kind] = ctx.suites.add(build_suite(b.kind, cfg))
+        asset = ds.add_dataframe_asset(name=b.name.replace("/", "."))
+        bd = asset.add_batch_definition_whole_dataframe("all")
+        vd = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate.{b.name.replace('/', '.')}", data=bd, suite=suites[b.kind]))
+        cp = ctx.checkpoints.add(Checkpoint(name=f"checkpoint.{b.name.replace('/', '.')}",
+                                            validation_definitions=[vd], actions=[],
+                                            result_format={"result_format": cfg.result_format}))
+        res = cp.run(batch_parameters={"dataframe": b.frame}, expectation_parameters=b.parameters)
+        (vr,) = res.run_results.values()
+        crit, warn = [], []
+        for r in vr.results:
+            conf = r.expectation_config
+            meta = conf.meta or {}
+            if r.success:
+                continue
+            kwargs = dict(conf.kwargs)
+            item = {
+                "batch": b.name, "source": b.source, "path": str(b.path), "check": meta.get("check", "?"),
+                "severity": meta.get("severity", "critical"), "expectation": conf.type,
+                "column": kwargs.get("column"),
+                "observed": _observed(r.result or {}) if not r.exception_info.get("raised_exception") else
+                f"error: {r.exception_info.get('exception_message')}",
+                "expected": _expected(kwargs, b.parameters),
+            }
+            (crit if item["severity"] == "critical" else warn).append(item)
+        failures.extend(crit)
+        summary["batches"][b.name] = {
+            "source": b.source, "kind": b.kind, "rows": int(len(b.frame)),
+            "expectations": len(vr.results), "success": not crit,
+            "failed_critical": len(crit), "failed_warning": len(warn),
+            "failures": crit + warn,
+        }
+        summary["critical_failures"] += len(crit)
+        summary["warnings"] += len(warn)
+    summary["success"] = summary["critical_failures"] == 0
+    if docs_dir is not None:
+        ctx.build_data_docs()
+    summary["_failures"] = failures
+    return summary
+
+
+def load_batches(params, cfg: ValidateConfig, clean_dir: Path, ingested_dir: Path) -> list[Batch]:
+    """Training sources from `clean_dir` (one batch each), evaluation sets from `ingested_dir`
+    (one batch per split), in params.yaml order."""
+    import pyarrow.parquet as pq
+
+    from simcse_ops.readers import FORMAT_KIND
+
+    batches = []
+    for name, src in params.sources.items():
+        if src.role in cfg.clean_roles:
+            folder = clean_dir
+        elif src.role in cfg.eval_roles:
+            folder = ingested_dir
+        else:
+            continue
+        kind = FORMAT_KIND[src.format]
+        path = Path(folder) / f"{name}.parquet"
+        if not path.is_file():
+            stage = "dedup" if folder == clean_dir else "ingest"
+            raise FileNotFoundError(f"{path}: not found; run the {stage} stage first (dvc repro {stage})")
+        df = prepare_frame(kind, pq.read_table(path).to_pandas())
+        if kind != "sts":
+            batches.append(Batch(name, name, kind, path, df))
+            continue
+        expected = cfg.sts.row_counts.expected.get(name, {})
+        lo, hi = cfg.sts.score_range.range_for(name)
+        splits = list(dict.fromkeys(list(expected) + sorted(df["split"].dropna().unique().tolist())))
+        for split in splits:
+            part = df[df["split"] == split].reset_index(drop=True)
+            # A split without an expected count fails its row-count check (-1 never matches).
+            params_b = {"score_min": lo, "score_max": hi, "row_count": int(expected.get(split, -1))}
+            batches.append(Batch(f"{name}/{split}", name, kind, path, part, params_b))
+    return batches
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_validate(params, clean_dir, ingested_dir, metrics_path, docs_dir, ok_path) -> dict:
+    """Validate, write Data Docs and metrics; on a critical failure remove `ok_path` and raise
+    `ValidationFailed`; otherwise write `ok_path` (what training depends on): the fingerprints
+    of the validated files and of the rules, with no time stamp, so it only changes with them."""
+    from simcse_ops.config import section
+    from simcse_ops.files import atomic_path, remove_path, write_json
+
+    cfg = section(params, "validate", ValidateConfig)
+    batches = load_batches(params, cfg, Path(clean_dir), Path(ingested_dir))
+    remove_path(ok_path)
+    docs_dir = Path(docs_dir)
+    with atomic_path(docs_dir) as tmp:
+        summary = validate_batches(batches, cfg, tmp)
+        if not (tmp / "index.html").is_file():
+            raise RuntimeError(f"{docs_dir}: GX did not build the Data Docs site")
+    failures = summary.pop("_failures")
+    write_json(metrics_path, summary)
+    if failures:
+        raise ValidationFailed(failures, docs_dir)
+    files = sorted({str(b.path) for b in batches})
+    write_json(ok_path, {
+        "validated": {f: _fingerprint(Path(f)) for f in files},
+        "rules": hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest(),
+        "warnings": summary["warnings"],
+    })
+    return summary
