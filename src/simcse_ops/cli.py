@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     sts.add_argument("--max-seq-length", type=int, default=None, help="default: the model's own")
     sts.add_argument("--device", default="auto")
     sts.set_defaults(func=sts_cmd)
+
+    from simcse_ops.registry import add_registry_subcommands
+
+    add_registry_subcommands(sub)  # promote, rollback, history, repair
     return ap
 
 

@@ -350,7 +350,7 @@ def move_alias(
     now = dt.datetime.now(dt.timezone.utc)
     entry = {
         "alias": alias,
-        "from": prev.version if prev is not None else None,
+        "from": str(prev.version) if prev is not None else None,
         "to": str(version) if version is not None else None,
         "action": action,
         "who": tracking.who(),
@@ -375,14 +375,14 @@ def reconcile(client, name: str, cfg: MlflowConfig, log: Callable[[str], None] =
         if mv.tags.get("registry.state") == COMPLETE:
             continue
         champ = _alias_version(client, name, CHAMPION, cfg)
-        if champ is not None and champ.version == mv.version:
+        if champ is not None and str(champ.version) == str(mv.version):
             prev = mv.tags.get("gate.previous_champion") or None
             move_alias(client, name, CHAMPION, prev, "repair",
                        f"version {mv.version}'s registration did not complete; champion restored", cfg)
         retry(lambda v=mv.version: client.delete_model_version(name, v), f"delete {name} v{mv.version}", cfg)
         log(f"registry: removed {name} version {mv.version} (registration {mv.tags.get('registration_id', '?')} "
             f"did not complete)")
-        removed.append(mv.version)
+        removed.append(str(mv.version))
     return removed
 
 
@@ -486,7 +486,7 @@ def register_variant(
         "gate.decision": decision.label,
         "gate.reasons": json.dumps(decision.reasons),
         "gate.compared_to": decision.compared_to,
-        "gate.previous_champion": champ_mv.version if champ_mv is not None else "",
+        "gate.previous_champion": str(champ_mv.version) if champ_mv is not None else "",
         "gate.by": tracking.who(),
         "registration_id": uuid.uuid4().hex,
         "registry.state": PENDING,
@@ -501,7 +501,7 @@ def register_variant(
         retry(lambda: client.set_model_version_tag(name, mv.version, "registry.state", COMPLETE),
               "mark the version complete", mcfg)
     except Exception as e:
-        undone = _undo(client, name, mv.version, champ_mv.version if champ_mv else None, log)
+        undone = _undo(client, name, str(mv.version), str(champ_mv.version) if champ_mv else None, log)
         state = ("it was deleted again" if undone else
                  f"it is left '{PENDING}' and the next registration (or `simcse-ops repair {variant}`) "
                  f"removes it")
@@ -537,7 +537,7 @@ def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bo
             if not _is_not_found(e):
                 raise
         client.delete_model_version(name, version)
-        if champ is not None and champ.version == version and prev_champion:
+        if champ is not None and str(champ.version) == version and prev_champion:
             client.set_registered_model_alias(name, CHAMPION, prev_champion)
         return True
     except Exception as e:
@@ -591,7 +591,7 @@ def promote(
     if mv.tags.get("registry.state") != COMPLETE:
         raise RegistryError(f"{name} v{mv.version}: registration did not complete; run `simcse-ops repair {variant}`")
     champ = _alias_version(client, name, CHAMPION, mcfg)
-    if champ is not None and champ.version == mv.version:
+    if champ is not None and str(champ.version) == str(mv.version):
         raise RegistryError(f"{name} v{mv.version} is already the champion")
     label = f"champion v{champ.version}" if champ is not None else "none"
     base = None
@@ -642,10 +642,10 @@ def rollback(client, params, variant: str, reason: str | None = None,
                 stack.append(e["to"])
         elif e["to"] is not None:
             stack.append(e["to"])
-    existing = {mv.version for mv in _versions(client, name, mcfg)}
-    while stack and stack[-1] == champ.version:
+    existing = {str(mv.version) for mv in _versions(client, name, mcfg)}
+    while stack and stack[-1] == str(champ.version):
         stack.pop()
-    candidates = [v for v in stack if v in existing and v != champ.version]
+    candidates = [v for v in stack if v in existing and v != str(champ.version)]
     if not candidates:
         raise RegistryError(f"{name}: no earlier champion to roll back to (champion is v{champ.version})")
     target = candidates[-1]
@@ -752,7 +752,7 @@ def promote_cmd(args: argparse.Namespace) -> int:
     params, client = _cli_setup(args)
     try:
         promote(client, params, args.variant, args.version, args.force, args.reason)
-    except RegistryError as e:
+    except (RegistryError, tracking.TrackingUnavailable) as e:
         print(f"simcse-ops promote: {e}", file=sys.stderr)
         return 1
     return 0
@@ -762,7 +762,7 @@ def rollback_cmd(args: argparse.Namespace) -> int:
     params, client = _cli_setup(args)
     try:
         rollback(client, params, args.variant, args.reason)
-    except RegistryError as e:
+    except (RegistryError, tracking.TrackingUnavailable) as e:
         print(f"simcse-ops rollback: {e}", file=sys.stderr)
         return 1
     return 0

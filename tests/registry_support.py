@@ -1,0 +1,143 @@
+"""Helpers for the tracking/registry/serving tests: a project folder in tmp_path with the real
+params.yaml (so the store lands in tmp_path/mlflow), metrics files, sentence-transformers exports,
+and a real `mlflow server` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_project(tmp: Path, mlflow_overrides: dict | None = None) -> Path:
+    """tmp/params.yaml = the project's params (data.root made absolute), with `mlflow` overridden."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"]["root"] = str((ROOT / raw["data"]["root"]).resolve())
+    if mlflow_overrides:
+        raw["mlflow"] = {**raw.get("mlflow", {}), **mlflow_overrides}
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return tmp / "params.yaml"
+
+
+def write_metrics(folder: Path, tasks: list[str], scores: dict[str, float] | float,
+                  mean_abs: float = 0.30, n_significant: int = 2, n_tests: int = 3) -> Path:
+    """sts.json (each task; avg = their mean) and bias.json in the shapes the stages write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(scores, dict):
+        scores = {t: float(scores) for t in tasks}
+    sts = {t: float(scores[t]) for t in tasks}
+    sts["avg"] = sum(sts.values()) / len(tasks)
+    (folder / "sts.json").write_text(json.dumps(sts), encoding="utf-8")
+    tests = {f"sent-weat{i + 1}": {"effect_size": mean_abs * (1 if i % 2 else -1), "p_value": 0.001 if i < n_significant else 0.5,
+                                   "significant": i < n_significant} for i in range(n_tests)}
+    bias = {"tests": tests, "summary": {"mean_abs_effect_size": mean_abs, "n_significant": n_significant,
+                                         "n_tests": n_tests}}
+    (folder / "bias.json").write_text(json.dumps(bias), encoding="utf-8")
+    return folder
+
+
+def export_st(src: Path | str, out: Path) -> Path:
+    """A sentence-transformers folder of `src` (mean pooling), as models/<variant>/ holds."""
+    from simcse_ops.encoder import load_sentence_transformer
+
+    model = load_sentence_transformer(src, device="cpu")
+    model.save(str(out), safe_serialization=True)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:] if log else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {log.read_text()[-3000:] if log else ''}")
+
+
+class MlflowServer:
+    """A real `mlflow server` (SQLite backend + served artifacts in `folder`) on 127.0.0.1."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = self.folder / "server.log"
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+               "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, cwd=self.folder)
+        wait_http(f"{self.url}/health", timeout, self.proc, log)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (its own process group, started above)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+        # the port must be closed before the test goes on
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.2)
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+class tracking_env:
+    """Run a block with MLFLOW_TRACKING_URI unset (or set to `uri`), restoring the variable and
+    MLflow's in-process URIs afterwards (mlflow.set_tracking_uri exports the variable itself)."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri
+
+    def __enter__(self):
+        self.saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if self.uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = self.uri
+        return self
+
+    def __exit__(self, *exc):
+        import mlflow
+
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if self.saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = self.saved
+        mlflow.set_tracking_uri(self.saved)
+        mlflow.set_registry_uri(self.saved)
+        os.environ.pop("MLFLOW_TRACKING_URI", None) if self.saved is None else None
+        return False

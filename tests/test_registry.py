@@ -1,0 +1,281 @@
+"""The registry: the promotion gate, registration (tags, card, aliases), promote/rollback with the
+audit trail, and loading registered versions - against a real embedded MLflow store in tmp_path
+with the tiny model exported as a sentence-transformers folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simcse_ops import registry, tracking
+from simcse_ops.registry import RegisterConfig, Scores, decide
+from tests.registry_support import export_st, make_project, tracking_env, write_metrics
+
+TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
+
+
+def scores(avg: float, bias_mean: float = 0.3, n_sig: int = 2, **task: float) -> Scores:
+    sts = {t: task.get(t, avg) for t in TASKS}
+    sts["avg"] = sum(sts.values()) / len(TASKS)
+    return Scores(sts, {"mean_abs_effect_size": bias_mean, "n_significant": n_sig, "n_tests": 5})
+
+
+@pytest.fixture(scope="module")
+def bias_cfg(params):
+    from simcse_ops.bias import load_bias_config
+
+    return load_bias_config(params)
+
+
+CFG = RegisterConfig(epsilon=0.5, delta=1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The gate
+
+
+def test_epsilon_is_the_largest_allowed_average_drop(bias_cfg):
+    champ = scores(80.0)
+    assert decide(scores(79.5), champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
+    d = decide(scores(79.4), champ, "champion v1", None, TASKS, CFG, bias_cfg)
+    assert not d.promote
+    assert any(r.startswith("fail: avg 79.40 vs champion v1 80.00") for r in d.reasons)
+
+
+def test_delta_bounds_every_task(bias_cfg):
+    champ = scores(80.0)
+    # higher average, but SICK-R drops by 1.5 > delta
+    chal = scores(82.0, sickr=78.5)
+    d = decide(chal, champ, "champion v1", None, TASKS, CFG, bias_cfg)
+    assert not d.promote
+    assert [r for r in d.reasons if r.startswith("fail")] == [
+        "fail: sickr 78.50 vs champion v1 80.00 (drop 1.50 > delta 1.0)"
+    ]
+    assert decide(scores(82.0, sickr=79.0), champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
+
+
+def test_bias_criterion_blocks_a_more_biased_challenger(bias_cfg):
+    champ = scores(80.0, bias_mean=0.30, n_sig=1)
+    worse = scores(85.0, bias_mean=0.30 + bias_cfg.gate.max_mean_abs_effect_size_increase + 0.01, n_sig=1)
+    d = decide(worse, champ, "champion v1", None, TASKS, CFG, bias_cfg)
+    assert not d.promote and any(r.startswith(("fail: bias", "bias fail")) for r in d.reasons)
+    more_sig = scores(85.0, bias_mean=0.30, n_sig=1 + bias_cfg.gate.max_n_significant_increase + 1)
+    assert not decide(more_sig, champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
+    off = dataclasses.replace(CFG, bias_gate=False)
+    assert decide(worse, champ, "champion v1", None, TASKS, off, None).promote
+
+
+def test_first_version_must_beat_base(bias_cfg):
+    base = scores(75.0)
+    assert decide(scores(75.1), None, "none", base, TASKS, CFG, bias_cfg).promote
+    d = decide(scores(75.0), None, "none", base, TASKS, CFG, bias_cfg)
+    assert not d.promote and d.compared_to == "base"
+    assert not decide(scores(80.0), None, "none", None, TASKS, CFG, bias_cfg).promote
+    # the base variant is the reference itself
+    assert decide(base, None, "none", None, TASKS, CFG, bias_cfg, is_base_variant=True).promote
+
+
+def test_champion_without_scores_is_not_comparable(bias_cfg):
+    partial = Scores({"avg": 70.0}, None)
+    d = decide(scores(90.0), partial, "champion v1", None, TASKS, CFG, bias_cfg)
+    assert not d.promote and "not comparable" in d.reasons[0]
+
+
+def test_scores_round_trip_through_tags():
+    s = scores(77.0, sts12=70.0)
+    back = registry.scores_from_tags(registry.score_tags(s), TASKS)
+    assert back.sts == pytest.approx(s.sts, abs=1e-4)
+    assert back.bias == s.bias
+
+
+def test_load_scores_names_the_missing_task(tmp_path):
+    (tmp_path / "sts.json").write_text(json.dumps({"sts12": 1.0, "avg": 1.0}))
+    with pytest.raises(ValueError, match="no score for sts13"):
+        registry.load_scores(tmp_path, TASKS)
+
+
+def test_parse_models_uri():
+    assert registry.parse_models_uri("models:/simcse-x@champion") == ("simcse-x", None, "champion")
+    assert registry.parse_models_uri("models:/simcse-x/3") == ("simcse-x", "3", None)
+    with pytest.raises(ValueError):
+        registry.parse_models_uri("models:/simcse-x")
+
+
+# --------------------------------------------------------------------------------------------
+# Registration in a real store
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    """tmp project: params.yaml, a tiny sentence-transformers model, metrics for base."""
+    root = tmp_path_factory.mktemp("registry-project")
+    params_path = make_project(root)
+    model = export_st(tiny_model_dir, root / "models" / "tiny")
+    write_metrics(root / "metrics" / "base", TASKS, 75.0, mean_abs=0.30, n_significant=2)
+    with tracking_env():
+        from simcse_ops.config import load_params
+
+        params = load_params(params_path)
+        tracking.configure(root, tracking.mlflow_config(params))
+        yield root, params_path, model
+
+
+def _params(params_path: Path, prefix: str):
+    from simcse_ops.config import load_params
+
+    p = load_params(params_path)
+    reg = {**p.extra.get("register", {}), "model_prefix": prefix}
+    return dataclasses.replace(p, extra={**p.extra, "register": reg})
+
+
+def _register(project, prefix, variant, metrics, tag):
+    root, params_path, model = project
+    mdir = write_metrics(root / "metrics" / f"{prefix}{tag}", TASKS, **metrics)
+    return registry.register_variant(variant, model, mdir, _params(params_path, prefix), root,
+                                     base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def test_stage_registers_a_first_version_with_tags_card_and_aliases(project, tiny_model_dir):
+    from stages.register import main
+
+    root, params_path, model = project
+    mdir = write_metrics(root / "metrics" / "sup-nli", TASKS, {**{t: 80.0 for t in TASKS}, "sickr": 78.0},
+                         mean_abs=0.31, n_significant=2)
+    out = root / "metrics" / "sup-nli" / "registry.json"
+    main(["--variant", "sup-nli", "--params", str(params_path), "--model", str(model), "--metrics", str(mdir),
+          "--base-metrics", str(root / "metrics" / "base"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["name"] == "simcse-sup-nli" and result["version"] == 1
+    assert result["decision"] == "promote" and result["champion"] == 1 and result["compared_to"] == "base"
+
+    client = _client()
+    mv = client.get_model_version("simcse-sup-nli", "1")
+    tags = mv.tags
+    for t in TASKS:
+        assert f"sts.{t}" in tags
+    assert float(tags["sts.sickr"]) == 78.0 and float(tags["sts.avg"]) == pytest.approx(result_avg(mdir), abs=1e-3)
+    assert json.loads(tags["bias.summary"])["mean_abs_effect_size"] == 0.31
+    assert tags["bias.n_significant"] == "2"
+    assert tags["gate.decision"] == "promote" and json.loads(tags["gate.reasons"]) == result["reasons"]
+    assert tags["registry.state"] == "complete" and tags["variant"] == "sup-nli"
+    assert tags["model_sha256"] == tracking.model_hash(model) and "git.commit" in tags and "sys.python" in tags
+    assert {a for a in client.get_registered_model("simcse-sup-nli").aliases} == {"challenger", "champion"}
+
+    # the model card: a run artifact, the version description, and inside the model
+    run = client.get_run(tags["run_id"])
+    assert run.data.metrics["sts.sickr"] == 78.0 and run.data.metrics["bias.mean_abs_effect_size"] == 0.31
+    card_dir = client.download_artifacts(run.info.run_id, "model_card", str(root / "dl"))
+    card = Path(card_dir, "model_card.md").read_text()
+    assert card == mv.description
+    for needle in ("## Data", "## Hyper-parameters", "| sickr | 78.00 | 75.00 |", "| sent-weat1 |",
+                   "## Intended use and limits", "Decision: **promote**", "`snli`"):
+        assert needle in card, needle
+    log = registry.audit_log(client, "simcse-sup-nli")
+    assert [(e["alias"], e["to"], e["action"]) for e in log] == [("challenger", "1", "register"), ("champion", "1", "gate")]
+    assert all(e["who"] and e["why"] for e in log)
+
+
+def result_avg(mdir: Path) -> float:
+    return json.loads((mdir / "sts.json").read_text())["avg"]
+
+
+def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_champion(project, capsys):
+    from simcse_ops.cli import main as cli
+
+    root, params_path, _ = project
+    prefix = "deg-"
+    good = _register(project, prefix, "unsup-wiki", {"scores": 78.0}, "good")
+    assert good["promoted"] and good["version"] == 1
+    # a collapsed model (e.g. trained with a corrupted temperature) scores far lower everywhere
+    bad = _register(project, prefix, "unsup-wiki", {"scores": 40.0}, "bad")
+    assert bad["version"] == 2 and not bad["promoted"] and bad["champion"] == 1
+    assert any("fail: avg 40.00 vs champion v1 78.00" in r for r in bad["reasons"])
+
+    client = _client()
+    name = "deg-unsup-wiki"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
+    v2 = client.get_model_version(name, "2").tags
+    assert v2["gate.decision"] == "reject" and v2["registry.state"] == "complete"
+
+    params = _params(params_path, prefix)
+    # the gate also stops a person, unless forced with a reason
+    with pytest.raises(registry.RegistryError, match="fails the gate against champion v1"):
+        registry.promote(client, params, "unsup-wiki", log=lambda m: None)
+    with pytest.raises(registry.RegistryError, match="--force needs --reason"):
+        registry.promote(client, params, "unsup-wiki", force=True, log=lambda m: None)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+    # a better third version passes the gate when promoted by hand
+    third = _register(project, prefix, "unsup-wiki", {"scores": 78.2, "mean_abs": 0.30}, "third")
+    assert third["promoted"]  # registration promoted it already
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+
+    entry = registry.promote(client, params, "unsup-wiki", version=2, force=True,
+                             reason="incident 42: v3 mis-tokenises", log=lambda m: None)
+    assert entry["action"] == "force" and entry["from"] == "3" and entry["to"] == "2"
+    assert client.get_model_version(name, "2").tags["promoted.forced"] == "true"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+
+    # rollback: back through the champions, with who/why recorded
+    registry.rollback(client, params, "unsup-wiki", reason="v2 is the degraded one", log=lambda m: None)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+    registry.rollback(client, params, "unsup-wiki", log=lambda m: None)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    with pytest.raises(registry.RegistryError, match="no earlier champion"):
+        registry.rollback(client, params, "unsup-wiki", log=lambda m: None)
+    log = registry.audit_log(client, name)
+    champion_moves = [(e["from"], e["to"], e["action"]) for e in log if e["alias"] == "champion"]
+    assert champion_moves == [(None, "1", "gate"), ("1", "3", "gate"), ("3", "2", "force"),
+                              ("2", "3", "rollback"), ("3", "1", "rollback")]
+    assert [e["why"] for e in log if e["action"] == "force"] == ["incident 42: v3 mis-tokenises"]
+    assert json.loads(client.get_model_version(name, "2").tags["rolled_back"])["why"] == "v2 is the degraded one"
+
+
+def test_cli_promote_and_rollback(project, capsys, monkeypatch):
+    from simcse_ops.cli import main as cli
+
+    root, params_path, _ = project
+    # the CLI reads the project's params: use the default prefix with a variant of its own
+    first = _register(project, "simcse-", "biomed", {"scores": 74.0}, "bio1")  # below base 75
+    assert not first["promoted"] and first["champion"] is None
+    monkeypatch.setenv("SIMCSE_OPS_USER", "alice")
+    assert cli(["promote", "biomed", "--params", str(params_path)]) == 1
+    assert "fails the gate against base" in capsys.readouterr().err
+    assert cli(["promote", "biomed", "--params", str(params_path), "--force", "--reason", "domain beats base on PubMed STS"]) == 0
+    client = _client()
+    assert str(client.get_model_version_by_alias("simcse-biomed", "champion").version) == "1"
+    second = _register(project, "simcse-", "biomed", {"scores": 76.0}, "bio2")
+    assert second["promoted"] and second["version"] == 2
+    assert cli(["rollback", "biomed", "--params", str(params_path), "--reason", "drift"]) == 0
+    assert str(client.get_model_version_by_alias("simcse-biomed", "champion").version) == "1"
+    assert cli(["history", "biomed", "--params", str(params_path)]) == 0
+    out = capsys.readouterr().out
+    assert "alice: domain beats base on PubMed STS" in out and "rollback alice: drift" in out.replace("  ", " ")
+
+
+def test_registered_version_resolves_to_the_same_encoder(project, monkeypatch, tmp_path):
+    from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+
+    root, params_path, model = project
+    monkeypatch.setenv("SIMCSE_OPS_CACHE", str(tmp_path / "cache"))
+    _register(project, "load-", "sup-nli", {"scores": 79.0}, "load")
+    folder = Path(resolve_model("models:/load-sup-nli@champion"))
+    assert folder.is_dir() and str(folder).startswith(str(tmp_path / "cache"))
+    assert Path(resolve_model("models:/load-sup-nli/1")) == folder  # cached, same version
+    sents = ["A man is playing a guitar.", "Stocks fell sharply."]
+    a = encode(load_sentence_transformer(folder, device="cpu"), sents)
+    b = encode(load_sentence_transformer(model, device="cpu"), sents)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="no alias"):
+        resolve_model("models:/load-sup-nli@nope")
