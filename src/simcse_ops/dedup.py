@@ -835,9 +835,10 @@ def run_dedup(params, data_dir, out_dir, metrics_path, audit_path) -> dict:
         parts = ", ".join(f"{k} {v}" for k, v in s["removed"].items() if v)
         raise DataError(
             data_dir / f"{n}.parquet", None,
-            f"dedup would remove {s['removed_total']} of {s['rows_in']} rows "
+            f"{s['removed_total']} of {s['rows_in']} rows to remove "
             f"({s['removed_fraction']:.1%}: {parts})",
-            f"at most {cfg.max_removed_fraction:.0%} (params.yaml dedup.max_removed_fraction)",
+            f"at most {cfg.max_removed_fraction:.0%} of a source removed "
+            "(params.yaml dedup.max_removed_fraction)",
             f"look at the removed rows in {audit_path}; fix the source, or raise "
             "dedup.max_removed_fraction if this much duplication is expected",
         )

@@ -4,7 +4,8 @@ One `ExpectationSuite` per kind: `corpus` (unlabelled sentences), `nli` ((anchor
 negative) triples) and `sts` (evaluation pairs with gold scores). Values that differ between
 sources (score range, exact row counts) are suite parameters (`{"$PARAMETER": ...}`) filled in
 per batch, so each kind keeps a single suite. Every expectation carries
-`meta={"check": <params key>, "severity": "critical" | "warning"}` from params.yaml `validate`.
+GX's `severity` (critical | warning, from params.yaml `validate`) and
+`meta={"check": <params key>}`.
 
 A batch is one Parquet table (a training source in data/clean) or one split of an evaluation
 source (e.g. `stsb/test` in data/ingested). Derived columns are added before validation, so that
@@ -172,8 +173,9 @@ def describe_failure(f: dict) -> str:
 # Suites
 
 
-def _meta(check: str, rule: Rule) -> dict:
-    return {"check": check, "severity": rule.severity}
+def _kw(check: str, rule: Rule) -> dict:
+    """GX's own `severity` (shown in Data Docs) and our check name (the params.yaml key)."""
+    return {"severity": rule.severity, "meta": {"check": check, "severity": rule.severity}}
 
 
 def build_suite(kind: str, cfg: ValidateConfig):
@@ -198,44 +200,44 @@ def build_suite(kind: str, cfg: ValidateConfig):
 
     if on(c.not_null):
         for col in cols + (("score",) if kind == "sts" else ()):
-            ex.append(E.ExpectColumnValuesToNotBeNull(column=col, meta=_meta("not_null", c.not_null)))
+            ex.append(E.ExpectColumnValuesToNotBeNull(column=col, **_kw("not_null", c.not_null)))
     if on(c.not_empty):
         for col in cols:
-            ex.append(E.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S", meta=_meta("not_empty", c.not_empty)))
+            ex.append(E.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S", **_kw("not_empty", c.not_empty)))
     if kind in ("corpus", "nli") and on(c.row_count):
         ex.append(E.ExpectTableRowCountToBeBetween(min_value=c.row_count.min, max_value=c.row_count.max,
-                                                   meta=_meta("row_count", c.row_count)))
+                                                   **_kw("row_count", c.row_count)))
     if kind in ("corpus", "nli") and on(c.length_tokens):
         r = c.length_tokens
         for col in cols:
             ex.append(E.ExpectColumnValuesToBeBetween(column=f"_tokens_{col}", min_value=r.min, max_value=r.max,
-                                                      mostly=r.mostly, meta=_meta("length_tokens", r)))
+                                                      mostly=r.mostly, **_kw("length_tokens", r)))
     if on(c.nonprintable):
         r = c.nonprintable
         for col in cols:
             ex.append(E.ExpectColumnValuesToNotMatchRegex(column=col, regex=NONPRINTABLE_REGEX,
-                                                          mostly=1.0 - r.max_share, meta=_meta("nonprintable", r)))
+                                                          mostly=1.0 - r.max_share, **_kw("nonprintable", r)))
     if kind == "corpus" and on(c.non_latin):
         r = c.non_latin
         ex.append(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=NON_LATIN_REGEX,
-                                                      mostly=1.0 - r.max_share, meta=_meta("non_latin", r)))
+                                                      mostly=1.0 - r.max_share, **_kw("non_latin", r)))
     if kind in ("corpus", "nli") and on(c.unique):
-        ex.append(E.ExpectColumnValuesToBeUnique(column="_key", meta=_meta("unique", c.unique)))
+        ex.append(E.ExpectColumnValuesToBeUnique(column="_key", **_kw("unique", c.unique)))
     if kind in ("nli", "sts") and on(c.identical_pairs):
         r = c.identical_pairs
         ex.append(E.ExpectColumnValuesToBeInSet(column="_identical", value_set=[False],
-                                                mostly=1.0 - r.max_share, meta=_meta("identical_pairs", r)))
+                                                mostly=1.0 - r.max_share, **_kw("identical_pairs", r)))
     if kind == "sts":
         if on(c.splits):
             ex.append(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(c.splits.values),
-                                                    meta=_meta("splits", c.splits)))
+                                                    **_kw("splits", c.splits)))
         if on(c.score_range):
             ex.append(E.ExpectColumnValuesToBeBetween(
                 column="score", min_value={"$PARAMETER": "score_min"}, max_value={"$PARAMETER": "score_max"},
-                meta=_meta("score_range", c.score_range)))
+                **_kw("score_range", c.score_range)))
         if on(c.row_counts):
             ex.append(E.ExpectTableRowCountToEqual(value={"$PARAMETER": "row_count"},
-                                                   meta=_meta("row_counts", c.row_counts)))
+                                                   **_kw("row_counts", c.row_counts)))
     return ExpectationSuite(name=f"simcse_{kind}", expectations=ex)
 
 
@@ -351,10 +353,11 @@ def validate_batches(batches: list[Batch], cfg: ValidateConfig, docs_dir: Path |
             meta = conf.meta or {}
             if r.success:
                 continue
+            severity = str(conf.get("severity") or meta.get("severity") or "critical")
             kwargs = dict(conf.kwargs)
             item = {
                 "batch": b.name, "source": b.source, "path": str(b.path), "check": meta.get("check", "?"),
-                "severity": meta.get("severity", "critical"), "expectation": conf.type,
+                "severity": severity.split(".")[-1].lower(), "expectation": conf.type,
                 "column": kwargs.get("column"),
                 "observed": _observed(r.result or {}) if not r.exception_info.get("raised_exception") else
                 f"error: {r.exception_info.get('exception_message')}",

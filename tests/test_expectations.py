@@ -1,0 +1,132 @@
+"""simcse_ops.expectations: GX Core 1.x suites per data kind, run on small real-schema batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simcse_ops.config import ConfigError, _build
+from simcse_ops.expectations import (
+    Batch,
+    ValidateConfig,
+    ValidationFailed,
+    build_suite,
+    prepare_frame,
+    validate_batches,
+)
+from tests.hygiene_fixtures import corpus_table, nli_table, real_sentences, sts_table
+
+CFG = ValidateConfig()
+
+
+def _batch(kind, table, name="src", **parameters) -> Batch:
+    return Batch(name, name.split("/")[0], kind, Path(f"data/{name}.parquet"),
+                 prepare_frame(kind, table.to_pandas()), parameters)
+
+
+def _failed(summary, batch) -> dict[str, str]:
+    return {f["check"]: f["severity"] for f in summary["batches"][batch]["failures"]}
+
+
+@pytest.fixture(scope="module")
+def sents(data_root):
+    return real_sentences(data_root, 60)
+
+
+def test_suites_use_gx_expectations_with_severity_meta():
+    suite = build_suite("sts", CFG)
+    types = {e.expectation_type for e in suite.expectations}
+    assert {"expect_column_values_to_be_between", "expect_table_row_count_to_equal",
+            "expect_column_values_to_not_be_null"} <= types
+    assert all(e.severity in ("critical", "warning") and e.meta["check"] for e in suite.expectations)
+    assert {e.meta["check"]: e.severity for e in suite.expectations}["identical_pairs"] == "warning"
+    with pytest.raises(ValueError, match="no suite"):
+        build_suite("seat", CFG)
+
+
+def test_disabled_check_is_not_built():
+    cfg = _build(ValidateConfig, {"corpus": {"non_latin": {"enabled": False}}}, "validate", Path("p.yaml"))
+    checks = {e.meta["check"] for e in build_suite("corpus", cfg).expectations}
+    assert "non_latin" not in checks and "unique" in checks
+
+
+def test_params_are_strict():
+    with pytest.raises(ConfigError, match="severity"):
+        _build(ValidateConfig, {"corpus": {"unique": {"severity": "fatal"}}}, "validate", Path("p.yaml"))
+    with pytest.raises(ConfigError, match="score_range"):
+        _build(ValidateConfig, {"sts": {"score_range": {"default": [5, 0]}}}, "validate", Path("p.yaml"))
+
+
+def test_clean_batches_pass(sents):
+    batches = [
+        _batch("corpus", corpus_table(sents[:30]), "corp"),
+        _batch("nli", nli_table([(sents[30 + k], sents[40 + k], sents[50 + k]) for k in range(10)]), "nli"),
+        _batch("sts", sts_table([(sents[k], sents[k + 1], k % 6) for k in range(12)]), "sts/test",
+               score_min=0.0, score_max=5.0, row_count=12),
+    ]
+    summary = validate_batches(batches, CFG)
+    assert summary["success"], summary
+    assert summary["critical_failures"] == 0
+    assert summary["batches"]["sts/test"]["expectations"] >= 8
+
+
+def test_bad_corpus_is_caught(sents):
+    texts = sents[:20] + [None, "   ", sents[0].upper() + "  ", "bad\x00byte " + sents[1]]
+    summary = validate_batches([_batch("corpus", corpus_table(texts), "corp")], CFG)
+    failed = _failed(summary, "corp")
+    assert failed["not_null"] == "critical"
+    assert failed["not_empty"] == "critical"
+    assert failed["unique"] == "critical"  # the upper-cased copy equals sents[0] once normalised
+    assert failed["nonprintable"] == "critical"
+    assert not summary["success"]
+    f = next(f for f in summary["_failures"] if f["check"] == "not_null")
+    assert f["column"] == "text" and "1 of 24 rows" in f["observed"]
+
+
+def test_empty_corpus_fails_row_count():
+    summary = validate_batches([_batch("corpus", corpus_table([]), "corp")], CFG)
+    f = next(f for f in summary["_failures"] if f["check"] == "row_count")
+    assert f["observed"] == "0" and "min_value=1" in f["expected"]
+
+
+def test_sts_score_range_row_count_and_splits(sents):
+    rows = [(sents[k], sents[k + 1], 2.5) for k in range(10)] + [(sents[20], sents[21], 7.5)]
+    table = sts_table(rows, split=["test"] * 10 + ["validation"])
+    summary = validate_batches([_batch("sts", table, "sts/test", score_min=0.0, score_max=5.0, row_count=10)], CFG)
+    failed = _failed(summary, "sts/test")
+    assert set(failed) == {"score_range", "row_counts", "splits"}
+    msgs = {f["check"]: f for f in summary["_failures"]}
+    assert "7.5" in msgs["score_range"]["observed"]
+    assert "max_value=5.0" in msgs["score_range"]["expected"]
+    assert msgs["row_counts"]["observed"] == "11" and "value=10" in msgs["row_counts"]["expected"]
+    text = str(ValidationFailed(summary["_failures"]))
+    assert "sts/test" in text and "score_range" in text and "expect_column_values_to_be_between on score" in text
+
+
+def test_warning_is_recorded_not_fatal(sents):
+    triples = [(sents[k], sents[k], sents[k + 30]) for k in range(3)] + \
+              [(sents[k], sents[k + 10], sents[k + 30]) for k in range(3, 20)]
+    summary = validate_batches([_batch("nli", nli_table(triples), "nli")], CFG)
+    assert summary["success"]
+    assert _failed(summary, "nli") == {"identical_pairs": "warning"}
+    assert summary["warnings"] == 1
+
+
+def test_data_docs_site_is_built(sents, tmp_path):
+    validate_batches([_batch("corpus", corpus_table(sents[:10]), "corp")], CFG, tmp_path / "docs")
+    docs = tmp_path / "docs"
+    assert (docs / "index.html").is_file()
+    assert (docs / "expectations" / "simcse_corpus.html").is_file()
+    pages = list((docs / "validations" / "simcse_corpus").rglob("*.html"))
+    assert len(pages) == 1 and "corp" in pages[0].name
+    assert "simcse_corpus" in (docs / "index.html").read_text(encoding="utf-8")
+
+
+def test_prepare_frame_derived_columns():
+    df = prepare_frame("nli", pd.DataFrame({"anchor": ["A  b", None], "positive": ["a B", "x"], "negative": ["c", "d"],
+                                            "file": ["f", "f"], "line": [1, 2]}))
+    assert df["_identical"].tolist() == [True, False]
+    assert df["_key"].tolist() == ["a b\na b\nc", "\nx\nd"]
+    assert df["_tokens_anchor"].tolist() == [2, 0]
