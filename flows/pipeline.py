@@ -21,7 +21,7 @@ import argparse
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from simcse_ops.config import ConfigError, Params, load_params, section
-from simcse_ops.dvc_runner import DvcError, list_stages, run_dvc, workspace_lock
+from simcse_ops.dvc_runner import DvcError, run_dvc, stage_graph, workspace_lock
 
 # Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
 SHARED_STAGES = ("ingest", "dedup", "validate")
@@ -55,28 +55,60 @@ def flows_config(params: Params) -> FlowsConfig:
     return section(params, "flows", FlowsConfig)
 
 
-def plan_stages(available: Sequence[str], variants: Sequence[str]) -> list[str]:
-    """The stage targets to run, in order: the shared stages, then each variant's chain.
+def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
+                variant_order: Sequence[str] | None = None) -> list[str]:
+    """The stage targets to run, in order, for `variants`.
 
-    A shared stage missing from `dvc.yaml` is an error; per-variant stages exist for the variants
-    `dvc.yaml` expands them over (a `foreach` may cover only some variants).
+    `graph` is DVC's DAG ({stage: its direct upstream stages}, `stage_graph`). The targets are the
+    shared stages and each variant's chain (the per-variant stages `dvc.yaml` defines for it);
+    every stage upstream of a target is added (`register@biomed` needs `evaluate@base`), as
+    `dvc repro` would. The order is topological; among stages that are ready together the shared
+    stages come first, then variant by variant (in `variant_order`, params.yaml's order), each in
+    train, evaluate, bias, register order.
     """
-    have = set(available)
-    missing = [s for s in SHARED_STAGES if s not in have]
+    missing = [s for s in SHARED_STAGES if s not in graph]
     if missing:
         raise ConfigError(
             f"dvc.yaml: no stage(s) {', '.join(missing)}; the pipeline runs {', '.join(SHARED_STAGES)} "
-            f"first (stages found: {', '.join(available) or 'none'})"
+            f"first (stages found: {', '.join(sorted(graph)) or 'none'})"
         )
-    plan = list(SHARED_STAGES)
+    targets = list(SHARED_STAGES)
     for v in variants:
-        chain = [f"{s}@{v}" for s in VARIANT_STAGES if f"{s}@{v}" in have]
+        chain = [f"{s}@{v}" for s in VARIANT_STAGES if f"{s}@{v}" in graph]
         if not chain:
             raise ConfigError(
                 f"dvc.yaml: no stage for variant {v!r} (expected {VARIANT_STAGES[0]}@{v}, ...); "
                 "is it in params.yaml `variants`?"
             )
-        plan.extend(chain)
+        targets.extend(chain)
+
+    needed: set[str] = set()
+    todo = list(targets)
+    while todo:
+        stage = todo.pop()
+        if stage not in needed:
+            needed.add(stage)
+            todo.extend(graph.get(stage, ()))
+
+    order = list(variant_order or []) + [v for v in variants if v not in (variant_order or [])]
+
+    def rank(stage: str) -> tuple:
+        kind, _, variant = stage.partition("@")
+        if not variant:
+            return (0, SHARED_STAGES.index(kind) if kind in SHARED_STAGES else len(SHARED_STAGES), stage)
+        v_rank = order.index(variant) if variant in order else len(order)
+        k_rank = VARIANT_STAGES.index(kind) if kind in VARIANT_STAGES else len(VARIANT_STAGES)
+        return (1, v_rank, k_rank, stage)
+
+    plan: list[str] = []
+    done: set[str] = set()
+    while len(plan) < len(needed):
+        ready = [s for s in needed - done if graph.get(s, set()) & needed <= done]
+        if not ready:
+            raise ConfigError(f"dvc.yaml: a cycle among {', '.join(sorted(needed - done))}")
+        nxt = min(ready, key=rank)
+        plan.append(nxt)
+        done.add(nxt)
     return plan
 
 
@@ -226,7 +258,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
     for v in chosen:
         params.variant(v)  # fails at once, naming the known variants
     with hold_workspace(ws, cfg):
-        plan = plan_stages(list_stages(ws), chosen)
+        plan = plan_stages(stage_graph(ws), chosen, list(params.variants))
         get_run_logger().info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
     publish_artifacts(ws, params, chosen, cfg, key_prefix="pipeline")

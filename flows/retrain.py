@@ -32,7 +32,7 @@ from flows.pipeline import (
     run_stages,
 )
 from simcse_ops.config import ConfigError, Params, load_params
-from simcse_ops.dvc_runner import DvcError, list_stages
+from simcse_ops.dvc_runner import DvcError, stage_graph
 
 
 def domain_variants(params: Params) -> dict[str, tuple[str, ...]]:
@@ -105,7 +105,7 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
 
     with hold_workspace(ws, cfg):
         before = read_registry(ws, domain)
-        plan = plan_stages(list_stages(ws), [domain])
+        plan = plan_stages(stage_graph(ws), [domain], list(params.variants))
         logger.info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
         after = read_registry(ws, domain)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from simcse_ops.dvc_runner import DvcError, list_stages, run_dvc, workspace_lock
+from simcse_ops.dvc_runner import DvcError, parse_dag_dot, run_dvc, stage_graph, workspace_lock
 from tests.flows.fake_project import calls, make_fake_project
 
 
@@ -50,10 +50,17 @@ def test_not_a_dvc_repository(tmp_path):
         run_dvc(["status"], tmp_path)
 
 
-def test_list_stages_expands_foreach(project):
-    stages = list_stages(project)
-    assert stages[:3] == ["ingest", "dedup", "validate"]
-    assert {"train@biomed", "register@wiki", "evaluate@base"} <= set(stages)
+def test_stage_graph_is_dvcs_dag(project):
+    g = stage_graph(project)
+    assert g["ingest"] == set()
+    assert g["dedup"] == {"ingest"}
+    assert g["register@biomed"] == {"train@biomed", "evaluate@biomed", "bias@biomed", "evaluate@base"}
+    assert {"train@wiki", "register@base"} <= set(g)
+
+
+def test_parse_dag_dot_keeps_isolated_stages():
+    text = 'strict digraph {\n"a";\n"b";\n"c";\n"a" -> "b";\n}\n'
+    assert parse_dag_dot(text) == {"a": set(), "b": {"a"}, "c": set()}
 
 
 def test_workspace_lock_serialises_processes(project, tmp_path):

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -142,10 +143,26 @@ def run_dvc(
     return result
 
 
-def list_stages(workspace: Path | str) -> list[str]:
-    """Names of every stage `dvc.yaml` defines, `foreach` expanded (`train@biomed`)."""
-    res = run_dvc(["stage", "list", "--name-only"], workspace)
-    return [line.strip() for line in res.stdout.splitlines() if line.strip()]
+_DOT_NODE = re.compile(r'^\s*"([^"]+)";\s*$')
+_DOT_EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)";\s*$')
+
+
+def parse_dag_dot(text: str) -> dict[str, set[str]]:
+    """`dvc dag --dot` output -> {stage: the stages it depends on directly}."""
+    graph: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if m := _DOT_EDGE.match(line):
+            up, down = m.groups()
+            graph.setdefault(up, set())
+            graph.setdefault(down, set()).add(up)
+        elif m := _DOT_NODE.match(line):
+            graph.setdefault(m.group(1), set())
+    return graph
+
+
+def stage_graph(workspace: Path | str) -> dict[str, set[str]]:
+    """The pipeline DAG as DVC sees it (from the deps and outs in `dvc.yaml`)."""
+    return parse_dag_dot(run_dvc(["dag", "--dot"], workspace).stdout)
 
 
 @contextlib.contextmanager

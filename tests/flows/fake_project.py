@@ -108,7 +108,8 @@ stages:
     foreach: ${variants}
     do:
       cmd: python fake_stage.py register ${key}
-      deps: ["models/${key}", "metrics/${key}/sts.json", "metrics/${key}/bias.json"]
+      deps: ["models/${key}", "metrics/${key}/sts.json", "metrics/${key}/bias.json",
+             metrics/base/sts.json]
       metrics: [{"metrics/${key}/registry.json": {cache: false}}]
 """
 

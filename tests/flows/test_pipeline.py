@@ -22,21 +22,48 @@ from tests.flows.conftest import flow_run_logs, read_artifact
 from tests.flows.fake_project import TASKS, calls, make_fake_project
 
 
-def test_plan_orders_shared_stages_then_each_variant_chain():
-    available = ["ingest", "dedup", "validate", "train@a", "evaluate@a", "bias@a", "register@a",
-                 "train@base", "evaluate@base", "bias@base"]
-    assert plan_stages(available, ["base", "a"]) == [
+def chain_graph(*variants: str) -> dict[str, set[str]]:
+    """The shape of the project's DAG: register@V also needs evaluate@base (the reference)."""
+    g = {"ingest": set(), "dedup": {"ingest"}, "validate": {"dedup", "ingest"}}
+    for v in variants:
+        g[f"train@{v}"] = {"dedup", "validate"}
+        g[f"evaluate@{v}"] = {"ingest", f"train@{v}"}
+        g[f"bias@{v}"] = {"ingest", f"train@{v}"}
+        g[f"register@{v}"] = {f"train@{v}", f"evaluate@{v}", f"bias@{v}", "evaluate@base"}
+    return g
+
+
+def test_plan_runs_shared_stages_then_variant_by_variant():
+    g = chain_graph("base", "a")
+    assert plan_stages(g, ["base", "a"], ["base", "a"]) == [
         "ingest", "dedup", "validate",
-        "train@base", "evaluate@base", "bias@base",
+        "train@base", "evaluate@base", "bias@base", "register@base",
         "train@a", "evaluate@a", "bias@a", "register@a",
     ]
 
 
-def test_plan_fails_on_a_missing_shared_stage_or_variant():
+def test_plan_adds_what_dvc_says_is_upstream():
+    g = chain_graph("base", "a", "b")
+    assert plan_stages(g, ["b"], ["base", "a", "b"]) == [
+        "ingest", "dedup", "validate",
+        "train@base", "evaluate@base",  # register@b compares with base
+        "train@b", "evaluate@b", "bias@b", "register@b",
+    ]
+    del g["register@a"]  # a foreach over a subset of the variants: a's chain is shorter
+    assert plan_stages(g, ["a"], ["base", "a", "b"])[-3:] == ["train@a", "evaluate@a", "bias@a"]
+
+
+def test_plan_fails_on_a_missing_shared_stage_variant_or_a_cycle():
+    g = chain_graph("a")
+    del g["dedup"]
     with pytest.raises(ConfigError, match="no stage.*dedup"):
-        plan_stages(["ingest", "validate", "train@a"], ["a"])
+        plan_stages(g, ["a"])
     with pytest.raises(ConfigError, match="no stage for variant 'b'"):
-        plan_stages(["ingest", "dedup", "validate", "train@a"], ["b"])
+        plan_stages(chain_graph("a"), ["b"])
+    g = chain_graph("base")
+    g["ingest"] = {"register@base"}
+    with pytest.raises(ConfigError, match="cycle"):
+        plan_stages(g, ["base"])
 
 
 def test_artifact_keys_and_links():
