@@ -1,0 +1,222 @@
+"""The training loop: data, schedule, a full stage run, SIGKILL + resume, and torchrun DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from simcse_ops import schemas
+from simcse_ops.files import DataError
+from simcse_ops.trainer import (
+    epoch_permutation,
+    linear_schedule,
+    load_training_texts,
+    pad_rows,
+    tokenize_column,
+)
+
+WORDS = ("the a cat dog man woman child runs sleeps eats plays sings red blue big small old house car "
+         "tree river city park guitar ball").split()
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "."
+
+
+def write_data(folder: Path, n: int = 240, n_dev: int = 40) -> Path:
+    """Small CORPUS (wiki1m), NLI (snli) and STS (stsb dev) parquet files in ingest's schemas."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = list(range(1, n + 1))
+    pq.write_table(pa.table({"text": [_sentence(rng) for _ in range(n)], "doc": [""] * n, "file": ["w"] * n,
+                             "line": lines}, schema=schemas.CORPUS), folder / "wiki1m.parquet")
+    pq.write_table(pa.table({"anchor": [_sentence(rng) for _ in range(n)], "positive": [_sentence(rng) for _ in range(n)],
+                             "negative": [_sentence(rng) for _ in range(n)], "file": ["s"] * n, "line": lines},
+                            schema=schemas.NLI), folder / "snli.parquet")
+    pq.write_table(pa.table({"split": ["dev"] * n_dev, "subset": ["x"] * n_dev,
+                             "sentence1": [_sentence(rng) for _ in range(n_dev)],
+                             "sentence2": [_sentence(rng) for _ in range(n_dev)],
+                             "score": [rng.uniform(0, 5) for _ in range(n_dev)], "file": ["b"] * n_dev,
+                             "line": list(range(1, n_dev + 1))}, schema=schemas.STS), folder / "stsb.parquet")
+    return folder
+
+
+def write_params(path: Path, project_root: Path, variant: str, **overrides) -> Path:
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    raw["data"]["root"] = str((project_root / raw["data"]["root"]).resolve())
+    raw["variants"][variant].update(overrides)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def read_curve(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _stage_cmd(params: Path, variant: str, data: Path, out: Path, extra=()) -> list[str]:
+    return [sys.executable, "-m", "stages.train", "--params", str(params), "--variant", variant,
+            "--data", str(data), "--eval-data", str(data), "--out", str(out / "model"),
+            "--metrics", str(out / "metrics"), "--checkpoints", str(out / "ckpt"), "--no-progress", *extra]
+
+
+# --------------------------------------------------------------------------------------------
+# Units
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    assert [linear_schedule(s, 2, 10) for s in (0, 1, 2, 6, 10, 12)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    assert linear_schedule(0, 0, 4) == 1.0
+
+
+def test_epoch_permutation_is_seeded_and_differs_by_epoch():
+    a, b = epoch_permutation(50, 42, 0), epoch_permutation(50, 42, 0)
+    assert (a == b).all() and sorted(a) == list(range(50))
+    assert not (epoch_permutation(50, 42, 1) == a).all()
+
+
+def test_tokenize_truncates_to_max_length_and_pads_dynamically(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    col = tokenize_column(tok, ["short one.", " ".join(["word"] * 100)], max_length=32)
+    lengths = np.diff(col.offsets)
+    assert lengths[1] == 32 and lengths[0] < 10
+    ids, mask = pad_rows([col.ids[col.offsets[0]:col.offsets[1]]], pad_id=0)
+    assert ids.shape == (1, lengths[0]) and mask.all()  # padded to the batch's longest row only
+    ids, mask = pad_rows([col.ids[col.offsets[i]:col.offsets[i + 1]] for i in range(2)], pad_id=0)
+    assert ids.shape == (2, 32) and mask[0].sum() == lengths[0]
+
+
+def test_training_data_errors_name_the_file(tmp_path):
+    write_data(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        load_training_texts(tmp_path, ["nope"], "unsup")
+    with pytest.raises(DataError, match="anchor"):
+        load_training_texts(tmp_path, ["wiki1m"], "sup")
+    pq.write_table(pa.table({"text": ["fine.", " "], "doc": ["", ""], "file": ["f", "f"], "line": [1, 7]},
+                            schema=schemas.CORPUS), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet:7: found an empty 'text'"):
+        load_training_texts(tmp_path, ["bad"], "unsup")
+    assert len(load_training_texts(tmp_path, ["wiki1m"], "unsup", max_samples=10)["text"]) == 10
+
+
+# --------------------------------------------------------------------------------------------
+# A whole stage run (in process)
+
+
+def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_model_dir, project_root, monkeypatch):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from stages.train import main
+
+    torch.set_num_threads(1)
+    data = write_data(tmp_path / "data")
+    params = write_params(tmp_path / "params.yaml", project_root, "sup-nli", base_model=str(tiny_model_dir),
+                          batch_size=16, max_steps=12, eval_steps=5, checkpoint_steps=5, lr=1e-3)
+    monkeypatch.chdir(project_root)
+    out = tmp_path / "run"
+    main(_stage_cmd(params, "sup-nli", data, out)[3:])
+
+    metrics = yaml.safe_load((out / "metrics" / "train.json").read_text())
+    assert metrics["steps"] == 12 and metrics["method"] == "sup"
+    assert metrics["best_step"] in (5, 10, 12)
+    assert [r["step"] for r in read_curve(out / "metrics" / "dev.csv")] == ["5", "10", "12"]
+    assert len(read_curve(out / "metrics" / "loss.csv")) == 12
+    st = SentenceTransformer(str(out / "model"), device="cpu")
+    assert st.max_seq_length == 128  # the base model's inference length, not the training 32
+    assert st.encode(["a cat."]).shape == (1, 32)
+    AutoModel.from_pretrained(str(out / "model"))
+
+
+# --------------------------------------------------------------------------------------------
+# SIGKILL + resume gives the uninterrupted run's loss curve
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, project_root):
+    data = write_data(tmp_path / "data", n=400)
+    total = 80
+    params = write_params(tmp_path / "params.yaml", project_root, "unsup-wiki", base_model=str(tiny_model_dir),
+                          batch_size=8, max_steps=total, eval_steps=30, checkpoint_steps=10, lr=1e-3,
+                          warmup_ratio=0.1)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_stage_cmd(params, "unsup-wiki", data, full), cwd=project_root, env=_env(), check=True,
+                   timeout=300)
+
+    proc = subprocess.Popen(_stage_cmd(params, "unsup-wiki", data, killed), cwd=project_root, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((killed / "ckpt").glob("checkpoint-*.pt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    ckpts = list((killed / "ckpt").glob("checkpoint-*.pt"))
+    assert ckpts, "the run was killed before its first checkpoint"
+    killed_at = int(ckpts[0].stem.split("-")[1])
+    assert killed_at < total and not (killed / "model").exists()
+
+    subprocess.run(_stage_cmd(params, "unsup-wiki", data, killed), cwd=project_root, env=_env(), check=True,
+                   timeout=300)
+    resumed = yaml.safe_load((killed / "metrics" / "train.json").read_text())
+    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= killed_at
+    a, b = read_curve(full / "metrics" / "loss.csv"), read_curve(killed / "metrics" / "loss.csv")
+    assert len(a) == total
+    assert [(r["step"], r["loss"]) for r in a] == [(r["step"], r["loss"]) for r in b]
+    assert read_curve(full / "metrics" / "dev.csv") == read_curve(killed / "metrics" / "dev.csv")
+    assert (full / "model" / "model.safetensors").read_bytes() == (killed / "model" / "model.safetensors").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# torchrun: 2 processes match 1 process on the same global batch
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(tmp_path, tiny_model_dir, project_root):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    # Without dropout both runs compute the same function, so the losses must agree step by step.
+    model_dir = tmp_path / "tiny-nodrop"
+    config = AutoConfig.from_pretrained(str(tiny_model_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    AutoModel.from_pretrained(str(tiny_model_dir), config=config).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(model_dir)
+    data = write_data(tmp_path / "data")
+    steps = 5
+    params = write_params(tmp_path / "params.yaml", project_root, "sup-nli", base_model=str(model_dir),
+                          batch_size=16, max_steps=steps, eval_steps=0, checkpoint_steps=0, lr=2e-3,
+                          hard_negative_weight=0.5)
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(_stage_cmd(params, "sup-nli", data, single, ["--no-dev"]), cwd=project_root, env=_env(),
+                   check=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run(torchrun + _stage_cmd(params, "sup-nli", data, multi, ["--no-dev"])[1:], cwd=project_root,
+                   env=_env(), check=True, timeout=300)
+
+    one = [float(r["loss"]) for r in read_curve(single / "metrics" / "loss.csv")]
+    two = [float(r["loss"]) for r in read_curve(multi / "metrics" / "loss.csv")]
+    assert len(one) == len(two) == steps
+    np.testing.assert_allclose(two, one, rtol=0, atol=2e-4)
+    assert max(abs(x - one[0]) for x in one[1:]) > 1e-3  # the updates matter to later losses
+    m = yaml.safe_load((multi / "metrics" / "train.json").read_text())
+    assert m["world_size"] == 2
