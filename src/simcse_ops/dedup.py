@@ -346,11 +346,11 @@ def _band_keys(sig: np.ndarray, bands: int, seed: int = 0) -> np.ndarray:
     r = k // bands
     v = sig.reshape(n, bands, r)
     c = np.random.default_rng(seed + 1).integers(1, 2**63, size=r, dtype=np.uint64) | np.uint64(1)
-    key = np.zeros((bands, n), dtype=np.uint64)
+    key = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(r):
-            key += v[:, :, j].T.astype(np.uint64) * c[j]
-    return (key >> np.uint64(32)).astype(np.uint32)
+            key += v[:, :, j] * c[j]  # uint32 * uint64 -> uint64, wraps mod 2^64
+    return np.ascontiguousarray((key >> np.uint64(32)).astype(np.uint32).T)
 
 
 def lsh_candidate_pairs(
