@@ -130,3 +130,10 @@ def test_prepare_frame_derived_columns():
     assert df["_identical"].tolist() == [True, False]
     assert df["_key"].tolist() == ["a b\na b\nc", "\nx\nd"]
     assert df["_tokens_anchor"].tolist() == [2, 0]
+
+
+def test_split_without_expected_row_count_says_where_to_add_it(sents):
+    table = sts_table([(sents[k], sents[k + 1], 1.0) for k in range(4)], split="dev")
+    summary = validate_batches([_batch("sts", table, "sts/dev", score_min=0.0, score_max=5.0, row_count=-1)], CFG)
+    (f,) = [f for f in summary["_failures"] if f["check"] == "row_counts"]
+    assert "validate.sts.row_counts.expected.sts" in f["expected"] and f["observed"] == "4"

@@ -363,6 +363,9 @@ def validate_batches(batches: list[Batch], cfg: ValidateConfig, docs_dir: Path |
                 f"error: {r.exception_info.get('exception_message')}",
                 "expected": _expected(kwargs, b.parameters),
             }
+            if item["check"] == "row_counts" and b.parameters.get("row_count") == -1:
+                item["expected"] = (f"a row count for split {b.name.split('/')[-1]!r} in params.yaml "
+                                    f"validate.sts.row_counts.expected.{b.source}")
             (crit if item["severity"] == "critical" else warn).append(item)
         failures.extend(crit)
         summary["batches"][b.name] = {
