@@ -358,8 +358,9 @@ def lsh_candidate_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (i, j), i < j, that share a band bucket; deduplicated.
 
-    Inside a bucket (in sorted order) item p is paired with the bucket's first item and with its
-    `window` predecessors, which bounds what a huge bucket of near-identical items can produce.
+    Inside a bucket (items in index order) item p is paired with the bucket's first item and
+    with its `window` predecessors, which bounds what a huge bucket of near-identical items can
+    produce.
     """
     n = sig.shape[0]
     if valid is None:
@@ -371,10 +372,14 @@ def lsh_candidate_pairs(
     found = []
     m = len(idx)
     pos = np.arange(m)
+    low = np.arange(m, dtype=np.uint64)
     for band in range(bands):
-        order = np.argsort(keys[band])
-        ks = keys[band][order]
-        items = idx[order]
+        # Sort by (bucket, item): one plain sort of key << 32 | position, so a bucket lists its
+        # items in priority order and its first item is the earliest (an evaluation sentence
+        # before any training one).
+        packed = np.sort((keys[band].astype(np.uint64) << np.uint64(32)) | low)
+        ks = (packed >> np.uint64(32)).astype(np.uint32)
+        items = idx[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
         same = np.empty(m, dtype=bool)
         same[0] = False
         np.equal(ks[1:], ks[:-1], out=same[1:])

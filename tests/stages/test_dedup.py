@@ -89,15 +89,18 @@ def test_missing_ingested_source_names_the_file(tmp_path, data_root):
 @pytest.mark.slow
 def test_real_data_decontamination(tmp_path, params, data_root):
     """The real published files: SNLI shares Flickr captions with SICK and STS-B; expect hits."""
-    from simcse_ops.dedup import deduplicate, normalize_many, plan_sources, DedupConfig
     from simcse_ops.config import section
+    from simcse_ops.dedup import DedupConfig, deduplicate, normalize_many, plan_sources
     from simcse_ops.readers import FORMAT_KIND, load_source
 
     cfg = section(params, "dedup", DedupConfig)
     train_names, eval_names = plan_sources(params, cfg)
     assert {"sts12", "sts16", "stsb", "sick", "sick_full"} <= set(eval_names)
     wanted = ["snli", "nli_for_simcse", "wiki1m"]
-    load = lambda n: (FORMAT_KIND[params.sources[n].format], load_source(n, params.sources[n], data_root).table)
+
+    def load(n):
+        return FORMAT_KIND[params.sources[n].format], load_source(n, params.sources[n], data_root).table
+
     evals = {n: load(n) for n in eval_names}
     res = deduplicate({n: load(n) for n in wanted}, evals, cfg)
     d = res.metrics["decontamination"]
@@ -109,7 +112,6 @@ def test_real_data_decontamination(tmp_path, params, data_root):
     for _, t in evals.values():
         for c in ("sentence1", "sentence2"):
             ev.update(normalize_many(t.column(c).to_pylist()))
-    snli = evals_snli = load("snli")[1].filter(res.keep["snli"])
-    del evals_snli
+    snli = load("snli")[1].filter(res.keep["snli"])
     for c in ("anchor", "positive", "negative"):
         assert not ev.intersection(normalize_many(snli.column(c).to_pylist()))
