@@ -40,7 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     if variant.method == "pretrained":
         from simcse_ops.encoder import export_pretrained
 
+        from simcse_ops.files import write_json
+        from simcse_ops.trainer import write_curves
+
         export_pretrained(variant.base_model, args.out)
+        # The DVC stage declares the same metrics for every variant: an untrained one has no curve.
+        write_curves(args.metrics, [], [])
+        write_json(args.metrics / "train.json", {"variant": args.variant, "method": "pretrained", "steps": 0})
         return
 
     from simcse_ops.trainer import run_training

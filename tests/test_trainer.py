@@ -73,6 +73,18 @@ def _env() -> dict:
     return env
 
 
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> None:
+    """Run a command in its own session; on timeout kill the whole group (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    assert rc == 0, f"{' '.join(cmd)} exited with {rc}"
+
+
 def _stage_cmd(params: Path, variant: str, data: Path, out: Path, extra=()) -> list[str]:
     return [sys.executable, "-m", "stages.train", "--params", str(params), "--variant", variant,
             "--data", str(data), "--eval-data", str(data), "--out", str(out / "model"),
@@ -162,8 +174,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, p
                           batch_size=8, max_steps=total, eval_steps=30, checkpoint_steps=10, lr=1e-3,
                           warmup_ratio=0.1)
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_stage_cmd(params, "unsup-wiki", data, full), cwd=project_root, env=_env(), check=True,
-                   timeout=300)
+    _run(_stage_cmd(params, "unsup-wiki", data, full), project_root)
 
     proc = subprocess.Popen(_stage_cmd(params, "unsup-wiki", data, killed), cwd=project_root, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,8 +188,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, p
     killed_at = int(ckpts[0].stem.split("-")[1])
     assert killed_at < total and not (killed / "model").exists()
 
-    subprocess.run(_stage_cmd(params, "unsup-wiki", data, killed), cwd=project_root, env=_env(), check=True,
-                   timeout=300)
+    _run(_stage_cmd(params, "unsup-wiki", data, killed), project_root)
     resumed = yaml.safe_load((killed / "metrics" / "train.json").read_text())
     assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= killed_at
     a, b = read_curve(full / "metrics" / "loss.csv"), read_curve(killed / "metrics" / "loss.csv")
@@ -207,11 +217,9 @@ def test_two_process_ddp_matches_single_process(tmp_path, tiny_model_dir, projec
                           batch_size=16, max_steps=steps, eval_steps=0, checkpoint_steps=0, lr=2e-3,
                           hard_negative_weight=0.5)
     single, multi = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run(_stage_cmd(params, "sup-nli", data, single, ["--no-dev"]), cwd=project_root, env=_env(),
-                   check=True, timeout=300)
+    _run(_stage_cmd(params, "sup-nli", data, single, ["--no-dev"]), project_root)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run(torchrun + _stage_cmd(params, "sup-nli", data, multi, ["--no-dev"])[1:], cwd=project_root,
-                   env=_env(), check=True, timeout=300)
+    _run(torchrun + _stage_cmd(params, "sup-nli", data, multi, ["--no-dev"])[1:], project_root)
 
     one = [float(r["loss"]) for r in read_curve(single / "metrics" / "loss.csv")]
     two = [float(r["loss"]) for r in read_curve(multi / "metrics" / "loss.csv")]

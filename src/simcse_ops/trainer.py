@@ -359,10 +359,12 @@ def make_embed_fn(encoder: SimCSEEncoder, tokenizer, max_length: int, device: to
     return embed
 
 
-def _write_curves(metrics_dir: Path, result: TrainResult) -> None:
+def write_curves(metrics_dir: Path | str, loss_curve: list[dict], dev_curve: list[dict]) -> None:
+    """The DVC plots: loss.csv (step, epoch, loss, lr) and dev.csv (step, stsb_dev_spearman)."""
+    metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows, fields in (("loss.csv", result.loss_curve, ["step", "epoch", "loss", "lr"]),
-                               ("dev.csv", result.dev_curve, ["step", "stsb_dev_spearman"])):
+    for name, rows, fields in (("loss.csv", loss_curve, ["step", "epoch", "loss", "lr"]),
+                               ("dev.csv", dev_curve, ["step", "stsb_dev_spearman"])):
         with atomic_path(metrics_dir / name) as tmp:
             with tmp.open("w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=fields)
@@ -588,7 +590,7 @@ def run_training(
             "torch_threads": torch.get_num_threads(),
         }
         metrics_dir = Path(metrics_dir)
-        _write_curves(metrics_dir, result)
+        write_curves(metrics_dir, result.loss_curve, result.dev_curve)
         write_json(metrics_dir / "train.json", metrics)
         return result
     finally:

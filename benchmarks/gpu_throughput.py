@@ -1,0 +1,105 @@
+"""GPU training throughput of the SimCSE step on a BERT-base-shaped encoder in bf16.
+
+A randomly initialised BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30,522; the
+weights do not change the speed) trained with our unsupervised step (`simcse_ops.trainer.train_step`,
+one forward over [x, x], bf16 autocast, AdamW, clipping) on random token ids with lengths drawn in
+[8, max_seq_length] and dynamic padding. Reports sentences/s and the projected time of a
+1M-sentence unsupervised epoch (target on one H200: under 3 minutes). Prints one JSON line.
+
+    python benchmarks/gpu_throughput.py                 # batch 64 (the paper's), length 32
+    python benchmarks/gpu_throughput.py --batch-size 512 --compile
+
+Exits with status 2 and a message when no CUDA device is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-seq-length", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--epoch-sentences", type=int, default=1_000_000)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (dynamic shapes)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print(json.dumps({"benchmark": "gpu_throughput", "error": "no CUDA device: this benchmark needs a GPU "
+                          f"(torch {torch.__version__}, cuda build: {torch.version.cuda})"}))
+        print("gpu_throughput: no CUDA device available; run it on a machine with a GPU", file=sys.stderr)
+        raise SystemExit(2)
+
+    import numpy as np
+    from transformers import BertConfig, BertModel
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.trainer import autocast_for, linear_schedule, make_optimizer, train_step
+
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072, max_position_embeddings=512)
+    enc = SimCSEEncoder(BertModel(config), pooler="cls", mlp=True, mlp_only_train=False).to(device).train()
+    cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length,
+                        precision="bf16")
+    total = args.warmup + args.steps
+    opt = make_optimizer(enc, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, 0, total))
+    if args.compile:
+        enc.backbone = torch.compile(enc.backbone, dynamic=True)
+
+    rng = np.random.default_rng(0)
+    b, L = args.batch_size, args.max_seq_length
+    batches = []
+    for _ in range(total):
+        lengths = rng.integers(8, L + 1, size=b)
+        t = int(lengths.max())
+        ids = rng.integers(1000, config.vocab_size, size=(b, t))
+        mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+        ids = np.where(mask == 1, ids, 0)
+        ids = np.concatenate([ids, ids])  # [x, x]: two dropout views
+        mask = np.concatenate([mask, mask])
+        batches.append((torch.from_numpy(ids).pin_memory(), torch.from_numpy(mask).pin_memory()))
+
+    autocast = lambda: autocast_for(cfg, device)  # noqa: E731
+    start = None
+    for step, (ids, mask) in enumerate(batches):
+        if step == args.warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        train_step(enc, opt, sched, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), 2, cfg,
+                   autocast=autocast)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    sps = args.steps * b / elapsed
+    print(json.dumps({
+        "benchmark": "gpu_throughput",
+        "device": torch.cuda.get_device_name(0),
+        "model": "bert-base shape, random weights",
+        "precision": "bf16 autocast",
+        "compile": args.compile,
+        "batch_size": b,
+        "max_seq_length": L,
+        "measured_steps": args.steps,
+        "step_ms": round(1000 * elapsed / args.steps, 2),
+        "sentences_per_s": round(sps, 1),
+        "epoch_sentences": args.epoch_sentences,
+        "epoch_minutes": round(args.epoch_sentences / sps / 60, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

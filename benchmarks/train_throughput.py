@@ -1,0 +1,170 @@
+"""Training throughput: our SimCSE step vs sentence-transformers' trainer, same model and batch.
+
+Both sides train the same encoder (default: the bundled all-MiniLM-L6-v2) on the same unsupervised
+SimCSE task (each sentence is its own positive through dropout), batch 64, max length 32, AdamW,
+linear schedule, gradient clipping at 1.0, fp32 on CPU, the same torch thread count, in one process:
+
+- ours: `simcse_ops.trainer.train_step` (text tokenised once ahead of time, the tokenisation time
+  of the measured sentences counted; dynamic padding; one forward over [x, x]);
+- theirs: `SentenceTransformerTrainer` with `MultipleNegativesRankingLoss(scale=1/0.05)` on
+  (anchor, positive) = (x, x) columns.
+
+Each side runs `--warmup` steps, then the wall time of the next `--steps` steps is measured
+(everything between the end of the last warm-up step and the end of the last step: data, forward,
+backward, clipping, optimiser, schedule). Rounds alternate ours / theirs so that a noisy shared
+machine disturbs both alike; each side's best round counts. Prints one JSON line.
+
+    python benchmarks/train_throughput.py --data data/clean/wiki1m.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_sentences(path: str | None, n: int) -> list[str]:
+    if path:
+        import pyarrow.parquet as pq
+
+        texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    else:
+        texts = []
+    if len(texts) < n:  # synthetic fallback: Wikipedia-like sentence lengths are what matter
+        import random
+
+        rng = random.Random(0)
+        words = "the of and in to a was is for on as by with he that at from his it an were are".split()
+        texts += [" ".join(rng.choice(words) for _ in range(rng.randint(8, 40))) + "." for _ in range(n - len(texts))]
+    return texts[:n]
+
+
+def bench_ours(model_name: str, sentences: list[str], args) -> float:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.encoder import resolve_model
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.trainer import TrainingSet, linear_schedule, make_optimizer, pad_rows, tokenize_column, train_step
+
+    cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length)
+    path = resolve_model(model_name)
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    enc = SimCSEEncoder.from_pretrained(path, pooler="avg", mlp=True, mlp_only_train=True).train()
+    total = args.warmup + args.steps
+    opt = make_optimizer(enc, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, 0, total))
+    b = args.batch_size
+    t_tok = time.perf_counter()
+    data = TrainingSet("unsup", {"text": tokenize_column(tok, sentences, args.max_seq_length)})
+    t_tok = time.perf_counter() - t_tok
+    start = None
+    for step in range(total):
+        if step == args.warmup:
+            start = time.perf_counter()
+        ids, mask = pad_rows(data.rows(np.arange(step * b, (step + 1) * b)), tok.pad_token_id)
+        train_step(enc, opt, sched, ids, mask, 2, cfg)
+    elapsed = time.perf_counter() - start + t_tok * args.steps / total  # the measured steps' share
+    return args.steps * b / elapsed
+
+
+def bench_st(model_name: str, sentences: list[str], args) -> float:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from simcse_ops.encoder import resolve_model
+
+    torch.manual_seed(0)
+    model = SentenceTransformer(resolve_model(model_name), device="cpu")
+    model.max_seq_length = args.max_seq_length
+    ds = Dataset.from_dict({"anchor": sentences, "positive": sentences})
+    total = args.warmup + args.steps
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        targs = SentenceTransformerTrainingArguments(
+            output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=total, learning_rate=3e-5,
+            lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
+            report_to="none", save_strategy="no", logging_strategy="no", eval_strategy="no",
+            disable_tqdm=True, use_cpu=True, seed=0, dataloader_drop_last=True,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
+                                             loss=MultipleNegativesRankingLoss(model, scale=1.0 / 0.05),
+                                             callbacks=[Clock()])
+        trainer.train()
+    measured = marks[-1] - marks[args.warmup - 1] if args.warmup > 0 else marks[-1] - marks[0]
+    steps = args.steps if args.warmup > 0 else args.steps - 1
+    return steps * args.batch_size / measured
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--data", default="data/clean/wiki1m.parquet", help="CORPUS parquet ('' for synthetic text)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-seq-length", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.warmup < 1:
+        ap.error("--warmup must be >= 1")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.data if args.data and os.path.exists(args.data) else None
+    sentences = load_sentences(data, args.batch_size * (args.warmup + args.steps))
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(bench_ours(args.model, sentences, args))
+        theirs.append(bench_st(args.model, sentences, args))
+        print(f"round: ours {ours[-1]:.1f} sent/s, sentence-transformers {theirs[-1]:.1f} sent/s", file=sys.stderr)
+    import sentence_transformers
+    import transformers
+
+    best_ours, best_theirs = max(ours), max(theirs)
+    print(json.dumps({
+        "benchmark": "train_throughput",
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "max_seq_length": args.max_seq_length,
+        "measured_steps": args.steps,
+        "rounds": args.rounds,
+        "ours_sentences_per_s": round(best_ours, 2),
+        "sentence_transformers_sentences_per_s": round(best_theirs, 2),
+        "ratio": round(best_ours / best_theirs, 3),
+        "ours_rounds": [round(x, 2) for x in ours],
+        "sentence_transformers_rounds": [round(x, 2) for x in theirs],
+        "data": data or "synthetic",
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
