@@ -85,12 +85,13 @@ class MlflowServer:
         self.folder, self.port = folder, port or free_port()
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.backend_uri = f"sqlite:///{folder / 'mlflow.db'}"
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         self.folder.mkdir(parents=True, exist_ok=True)
         log = self.folder / "server.log"
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+               "--backend-store-uri", self.backend_uri,
                "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,

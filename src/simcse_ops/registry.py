@@ -491,7 +491,8 @@ def register_variant(
         "registration_id": uuid.uuid4().hex,
         "registry.state": PENDING,
     }
-    mv = _create_version(client, name, info.model_uri, run.run_id, info.model_id, tags, card, mcfg)
+    mv = _create_version(client, name, info.model_uri, run.run_id, info.model_id, tags,
+                         _description(card), mcfg)
     step("created")
     try:
         move_alias(client, name, CHALLENGER, mv.version, "register", "newly registered version", mcfg)
@@ -525,6 +526,17 @@ def register_variant(
     for r in decision.reasons:
         log(f"  {r}")
     return result
+
+
+MAX_DESCRIPTION = 4900  # model_versions.description is VARCHAR(5000) in MLflow's SQL schema
+
+
+def _description(card: str) -> str:
+    """The card as the version's description, cut to fit the column (the full card is an artifact)."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    note = "\n\n... (truncated; the full card is the model's artifact `model_card.md`)\n"
+    return card[: MAX_DESCRIPTION - len(note)].rsplit("\n", 1)[0] + note
 
 
 def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bool:

@@ -348,7 +348,7 @@ class RunLogger:
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         if self.enabled:
             retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
-                  f"upload {path}", self.cfg)
+                  f"upload {Path(path).name}", self.cfg)
 
     def write_ref(self, model_dir: Path | str) -> None:
         """Record this run in the model folder so evaluation, bias and registration attach to it."""
@@ -405,6 +405,44 @@ def start_run(
     finally:
         with contextlib.suppress(Exception):
             retry(lambda: client.set_terminated(run.info.run_id, status), "end the run", cfg)
+
+
+def log_training(
+    variant: str,
+    params: Mapping[str, Any],
+    loss_curve: list[Mapping[str, Any]],
+    dev_curve: list[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    model_dir: Path | str,
+    root: Path | str = ".",
+    cfg: MlflowConfig | None = None,
+) -> str:
+    """Log a finished training to a new run and record it in `model_dir/mlflow_run.json`.
+
+    For a trainer that keeps its curves (and survives resumes): every row of `loss_curve`
+    ({"step", "loss", "lr", ...}) and `dev_curve` ({"step", "stsb_dev_spearman"}) becomes a metric
+    at its step; numeric `summary` entries (sentences_per_s, train_s, best_dev_spearman, ...) are
+    logged at the last step. Returns the run id.
+    """
+    from mlflow.entities import Metric
+
+    cfg = cfg or MlflowConfig()
+    with start_run(variant, params=params, root=root, cfg=cfg) as run:
+        ts = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(v), ts, int(row["step"]))
+            for row in [*loss_curve, *dev_curve]
+            for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        last = max((int(r["step"]) for r in [*loss_curve, *dev_curve]), default=0)
+        metrics += [Metric(k, float(v), ts, last) for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            chunk = metrics[i:i + 1000]
+            retry(lambda c=chunk: run.client.log_batch(run.run_id, metrics=c), "log metrics", cfg)
+        run.write_ref(model_dir)
+        return run.run_id
 
 
 def run_for_model(
