@@ -43,6 +43,15 @@ def test_normalize_nfkc_casefold_whitespace():
     assert normalize_many(["A  b", None]) == ["a b", None]
 
 
+def test_normalize_many_equals_normalize(data_root):
+    rng = random.Random(1)
+    alphabet = ["a", "B", " ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "\x00", "é", "ﬁ", "ß",
+                "\u00a0", "\u2003", "İ", "Σ", "ς", ".", "Ⅻ"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(2000)]
+    texts += real_sentences(data_root, 50) + ["", "   ", None, "ABC", "a\x1cb"]
+    assert normalize_many(texts) == [None if t is None else normalize(t) for t in texts]
+
+
 def test_tokens_drop_punctuation():
     assert tokens(normalize("A man, a plan -- a canal: Panama!")) == ["a", "man", "a", "plan", "a", "canal", "panama"]
     assert tokens("don't u.s.") == ["dont", "us"]

@@ -243,27 +243,41 @@ class ShingleSets:
 
     @classmethod
     def _from_tokens(cls, token_h: np.ndarray, tok_offsets: np.ndarray, ngram: int) -> ShingleSets:
+        """Shingle hashes from per-token hashes (flattened, `tok_offsets` per text).
+
+        The n-gram starting at token p is h(t_p) ^ rotl(h(t_p+1), 7) ^ ... ^ rotl(h(t_p+n-1),
+        7(n-1)), then mixed; a text shorter than n has one shingle of all its tokens, tagged
+        with its length so it never equals a full n-gram.
+        """
         n = len(tok_offsets) - 1
         lengths = np.diff(tok_offsets)
         T = len(token_h)
         if T == 0:
             return cls(np.zeros(0, np.uint64), np.zeros(n + 1, np.int64))
-        text_of = np.repeat(np.arange(n, dtype=np.int64), lengths)  # (T,)
-        pos = np.arange(T, dtype=np.int64) - tok_offsets[:-1][text_of]  # position in its text
-        tlen = lengths[text_of]
-        # Shingle k of a text starts at position k: combine tokens k..k+ngram-1 (fewer for a
-        # text shorter than ngram, whose only shingle starts at 0).
-        acc = token_h.copy()
+        starts, ends = tok_offsets[:-1], tok_offsets[1:]
+        acc = token_h.copy()  # (T,)
         for d in range(1, ngram):
-            nxt = np.zeros(T, dtype=np.uint64)
-            nxt[:-d] = token_h[d:]
-            inside = pos + d < tlen
-            acc ^= np.where(inside, _rotl(nxt, 7 * d), np.uint64(0))
-        # Tag the number of tokens combined, so a short text's shingle never equals an n-gram.
-        width = np.minimum(tlen, ngram).astype(np.uint64)
-        acc = _splitmix64(acc ^ (width * np.uint64(0xD6E8FEB86659FD93)))
-        start = (pos <= tlen - ngram) | ((tlen < ngram) & (pos == 0))
+            acc[:-d] ^= _rotl(token_h[d:], 7 * d)
+        # A start is valid unless it lies in the last ngram-1 tokens of its text.
+        start = np.ones(T, dtype=bool)
+        for d in range(1, ngram):
+            e = ends - d
+            start[e[e >= starts]] = False
+        short = np.flatnonzero((lengths > 0) & (lengths < ngram))
+        if len(short):
+            s0, ln = starts[short], lengths[short]
+            v = token_h[s0].copy()
+            for d in range(1, ngram - 1):
+                m = d < ln
+                v[m] ^= _rotl(token_h[s0[m] + d], 7 * d)
+            with np.errstate(over="ignore"):
+                v ^= ln.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+            acc[s0] = v
+            start[s0] = True
         hashes = acc[start]
+        with np.errstate(over="ignore"):
+            hashes *= np.uint64(0x9E3779B97F4A7C15)  # odd: a bijection
+            hashes ^= hashes >> np.uint64(29)
         counts = np.where(lengths == 0, 0, np.maximum(lengths - ngram + 1, 1))
         offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         return cls(hashes, offsets)
