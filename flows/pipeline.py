@@ -186,25 +186,25 @@ def mlflow_run_url(ui: str, experiment_id: str | None, run_id: str | None) -> st
 
 
 def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
-    """The registry decision (`metrics/V/registry.json`) as markdown with a link to the MLflow run."""
-    model = decision.get("model") or decision.get("name") or f"simcse-{variant}"
+    """The registry decision (`metrics/V/registry.json`, written by `register@V`) as markdown, with
+    a link to the MLflow run that holds the model, its card and its scores."""
+    name = decision.get("name") or f"simcse-{variant}"
     version = decision.get("version")
-    verdict = decision.get("decision", "?")
-    url = decision.get("run_url") or mlflow_run_url(
-        ui, decision.get("experiment_id"), decision.get("run_id")
-    )
-    lines = [f"# {model} version {version}: {verdict}", ""]
-    if decision.get("champion_version") is not None:
-        lines.append(f"- champion: version {decision['champion_version']}")
+    verdict = "promoted to champion" if decision.get("promoted") else "not promoted"
+    lines = [f"# {name} version {version}: {decision.get('decision', '?')} ({verdict})", ""]
+    if decision.get("compared_to"):
+        lines.append(f"- compared to: {decision['compared_to']}")
+    if decision.get("champion") is not None:
+        lines.append(f"- champion now: version {decision['champion']}")
     reasons = decision.get("reasons") or []
-    if isinstance(reasons, str):
-        reasons = [reasons]
     if reasons:
         lines.append("- reasons:")
         lines.extend(f"  - {r}" for r in reasons)
+    url = mlflow_run_url(ui, decision.get("experiment_id"), decision.get("run_id"))
     if url:
-        lines.append(f"- MLflow run: [{decision.get('run_id')}]({url})")
-    lines.append(f"- model URI: `models:/{model}/{version}`")
+        lines.append(f"- MLflow run: [{decision['run_id']}]({url})")
+    lines.append(f"- model: `models:/{name}/{version}` (aliases `challenger`"
+                 f"{', `champion`' if decision.get('promoted') else ''})")
     return "\n".join(lines) + "\n"
 
 
@@ -216,11 +216,12 @@ def read_registry(workspace: Path, variant: str) -> dict[str, Any] | None:
 
 
 def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], cfg: FlowsConfig,
-                      key_prefix: str) -> None:
-    """A table of the STS tasks for `variants` and one registry decision per variant."""
+                      key_prefix: str, reference: Sequence[str] = ()) -> None:
+    """A table of the STS tasks for `variants` (and the `reference` variants, for comparison) and
+    one registry decision per variant."""
     logger = get_run_logger()
     tasks = list(params.evaluate.tasks)
-    rows = sts_rows(workspace, variants, tasks)
+    rows = sts_rows(workspace, [*variants, *(r for r in reference if r not in variants)], tasks)
     if rows:
         create_table_artifact(
             table=[{k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in r.items()}

@@ -33,6 +33,7 @@ from flows.pipeline import (
 )
 from simcse_ops.config import ConfigError, Params, load_params
 from simcse_ops.dvc_runner import DvcError, stage_graph
+from simcse_ops.registry import register_config
 
 
 def domain_variants(params: Params) -> dict[str, tuple[str, ...]]:
@@ -65,24 +66,22 @@ def corpus_files(params: Params, sources: tuple[str, ...]) -> dict[str, list[str
 
 
 def champion_report(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
-    """Compare registry.json before and after the run.
+    """Compare `metrics/<domain>/registry.json` before and after the run.
 
-    `new_version`: the register stage produced a version other than the one before the run.
-    `champion`: the version now described by registry.json was promoted to `champion`.
+    `new_version`: the register stage registered a version other than the one before the run.
+    `champion`: that version passed the promotion gate (`promoted` in registry.json);
+    `champion_version`: the version the `champion` alias points at now.
     """
     if after is None:
-        return {"version": None, "new_version": False, "champion": False, "decision": None, "reasons": []}
-    version = after.get("version")
-    decision = after.get("decision")
-    promoted = after.get("champion")
-    if promoted is None:
-        promoted = str(decision).lower() in {"promoted", "champion", "promote"}
+        return {"version": None, "previous_version": None, "new_version": False, "champion": False,
+                "champion_version": None, "decision": None, "reasons": []}
     return {
-        "version": version,
+        "version": after.get("version"),
         "previous_version": (before or {}).get("version"),
-        "new_version": before is None or before.get("version") != version,
-        "champion": bool(promoted),
-        "decision": decision,
+        "new_version": before is None or before.get("version") != after.get("version"),
+        "champion": bool(after.get("promoted")),
+        "champion_version": after.get("champion"),
+        "decision": after.get("decision"),
         "reasons": after.get("reasons") or [],
     }
 
@@ -111,8 +110,10 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
         after = read_registry(ws, domain)
 
     report = {"domain": domain, **champion_report(before, after), "stages": statuses}
-    variants = [domain] + (["base"] if "base" in params.variants and domain != "base" else [])
-    publish_artifacts(ws, params, variants, cfg, key_prefix=f"retrain-{domain}")
+    # The table shows the reference a first version must beat (register.base_variant) beside it.
+    base = register_config(params).base_variant
+    reference = [base] if base in params.variants else []
+    publish_artifacts(ws, params, [domain], cfg, key_prefix=f"retrain-{domain}", reference=reference)
     if report["version"] is None:
         logger.warning("%s: no registry decision (metrics/%s/registry.json missing)", domain, domain)
     elif not report["new_version"]:
