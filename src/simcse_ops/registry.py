@@ -230,7 +230,9 @@ def model_card(
             lines.append(f"- `{c}` ({src.format}, role {src.role}): {', '.join(src.paths)}")
     else:
         lines.append(f"- none: `{vcfg.base_model}` as published (method `{vcfg.method}`)")
-    dvc = {k[4:]: v for k, v in lineage.items() if k.startswith("dvc.")}
+    dvc = {k[4:]: v for k, v in lineage.items() if k.startswith("dvc.") and k != "dvc.lock"}
+    if "dvc.lock" in lineage:
+        lines += ["", "No dvc.lock: the stages ran outside `dvc repro`, so no dataset hashes are recorded."]
     if dvc:
         lines += ["", "DVC md5 of the datasets (dvc.lock):", ""]
         lines += [f"- `{k}`: `{v}`" for k, v in sorted(dvc.items())]
@@ -238,6 +240,8 @@ def model_card(
               + (" (uncommitted changes)" if lineage.get("git.dirty") == "true" else ""), ""]
     lines += ["## Hyper-parameters", ""]
     hp = dataclasses.asdict(vcfg)
+    if vcfg.method == "pretrained":  # not trained: only what defines the encoder applies
+        hp = {k: hp[k] for k in ("method", "base_model", "pooler") if k in hp}
     lines.append(_table(["parameter", "value"], [[k, f"`{v}`"] for k, v in hp.items() if k != "description"]))
     lines += ["", "## STS (Spearman x100 of cosine, 'all' setting)", ""]
     header = ["task", variant]
