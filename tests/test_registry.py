@@ -157,6 +157,7 @@ def test_stage_registers_a_first_version_with_tags_card_and_aliases(project, tin
     result = json.loads(out.read_text())
     assert result["name"] == "simcse-sup-nli" and result["version"] == 1
     assert result["decision"] == "promote" and result["champion"] == 1 and result["compared_to"] == "base"
+    assert _client().get_run(result["run_id"]).info.experiment_id == result["experiment_id"]
 
     client = _client()
     mv = client.get_model_version("simcse-sup-nli", "1")
@@ -279,3 +280,29 @@ def test_registered_version_resolves_to_the_same_encoder(project, monkeypatch, t
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="no alias"):
         resolve_model("models:/load-sup-nli@nope")
+
+
+def test_failed_registration_is_undone_and_the_champion_restored(project):
+    """A crash right after the champion moved (store still reachable): the half-made version is
+    deleted and `champion` goes back, with the repair in the audit trail."""
+    prefix = "undo-"
+    assert _register(project, prefix, "sup-nli", {"scores": 78.0}, "u1")["promoted"]
+
+    def crash(step):
+        if step == "champion":
+            raise RuntimeError("simulated crash")
+
+    root, params_path, model = project
+    mdir = write_metrics(root / "metrics" / "undo-u2", TASKS, 79.0)
+    with pytest.raises(registry.RegistryError, match="version 2 was created .* it was deleted again"):
+        registry.register_variant("sup-nli", model, mdir, _params(params_path, prefix), root,
+                                  base_metrics_dir=root / "metrics" / "base", on_step=crash, log=lambda m: None)
+    client = _client()
+    name = "undo-sup-nli"
+    assert [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    moves = [(e["from"], e["to"], e["action"]) for e in registry.audit_log(client, name) if e["alias"] == "champion"]
+    assert moves == [(None, "1", "gate"), ("1", "2", "gate"), ("2", "1", "repair")]
+    # the champion stack after the repair holds v1 only
+    with pytest.raises(registry.RegistryError, match="no earlier champion"):
+        registry.rollback(client, _params(params_path, prefix), "sup-nli", log=lambda m: None)

@@ -424,9 +424,9 @@ def register_variant(
 ) -> dict[str, Any]:
     """Register `model_dir` as a new version of `simcse-<variant>` and apply the gate.
 
-    `on_step(name)` is called at "prepare", "log_model", "create_version", "created", "aliases" and
-    "done" (fault-injection tests stop the server at a chosen step). Returns the registry.json
-    mapping. The tracking URI must be configured (`tracking.configure`).
+    `on_step(name)` is called at "prepare", "log_model", "create_version", "created", "aliases",
+    "champion" (when promoted) and "done" (fault-injection tests stop the server at a chosen
+    step). Returns the registry.json mapping. The tracking URI must be configured (`tracking.configure`).
     """
     import mlflow
 
@@ -503,6 +503,7 @@ def register_variant(
         step("aliases")
         if decision.promote:
             move_alias(client, name, CHAMPION, mv.version, "gate", "; ".join(decision.reasons), mcfg)
+            step("champion")
         retry(lambda: client.set_model_version_tag(name, mv.version, "registry.state", COMPLETE),
               "mark the version complete", mcfg)
     except Exception as e:
@@ -524,6 +525,7 @@ def register_variant(
         "reasons": decision.reasons,
         "champion": int(mv.version) if decision.promote else (int(champ_mv.version) if champ_mv else None),
         "run_id": run.run_id,
+        "experiment_id": retry(lambda: client.get_run(run.run_id).info.experiment_id, "read the run", mcfg),
         "model_sha256": lineage["model_sha256"],
     }
     log(f"register: {name} v{mv.version}: {decision.label} (vs {decision.compared_to})")
@@ -544,17 +546,15 @@ def _description(card: str) -> str:
 
 
 def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bool:
-    """Best effort, one attempt each: delete the half-made version, restore the champion."""
+    """Best effort, one attempt each: give `champion` back (audited) if this version took it,
+    then delete the half-made version."""
+    once = MlflowConfig(retries=0)
     try:
-        champ = None
-        try:
-            champ = client.get_model_version_by_alias(name, CHAMPION)
-        except Exception as e:
-            if not _is_not_found(e):
-                raise
+        champ = _alias_version(client, name, CHAMPION, once)
+        if champ is not None and str(champ.version) == version:
+            move_alias(client, name, CHAMPION, prev_champion or None, "repair",
+                       f"registration of version {version} failed; champion restored", once)
         client.delete_model_version(name, version)
-        if champ is not None and str(champ.version) == version and prev_champion:
-            client.set_registered_model_alias(name, CHAMPION, prev_champion)
         return True
     except Exception as e:
         log(f"registry: could not undo version {version} ({tracking._first_line(e)})")
