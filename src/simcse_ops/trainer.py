@@ -474,6 +474,8 @@ def train(
 
     bar = tqdm(total=total, initial=step, disable=not (progress and ctx.is_main), dynamic_ncols=True,
                desc=f"train {data.method}")
+    if step == 0 and dev is not None:
+        evaluate_dev()  # step 0: the base encoder's dev score, so training must beat it to be kept
     sentences_per_step = cfg.batch_size * data.sentences_per_example
     t_train = time.perf_counter()
     steps_this_run = 0
