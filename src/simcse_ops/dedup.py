@@ -90,8 +90,8 @@ class DedupConfig:
     def __post_init__(self) -> None:
         from simcse_ops.config import ConfigError
 
-        if self.ngram < 1:
-            raise ConfigError(f"dedup.ngram: expected >= 1, got {self.ngram}")
+        if not 1 <= self.ngram <= len(_NGRAM_C):
+            raise ConfigError(f"dedup.ngram: expected 1..{len(_NGRAM_C)}, got {self.ngram}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"dedup.threshold: expected in (0, 1], got {self.threshold}")
         if self.bands < 1 or self.num_perm % self.bands:
@@ -176,11 +176,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _rotl(x: np.ndarray, k: int) -> np.ndarray:
-    k %= 64
-    if k == 0:
-        return x
-    return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
+# Odd multipliers for the positions of an n-gram (position 0 uses the token hash as it is).
+_NGRAM_C = np.random.default_rng(20240607).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
 
 
 def _token_hashes(unique_tokens: list[str]) -> np.ndarray:
@@ -223,7 +220,7 @@ class ShingleSets:
         piece_offsets = pieces.offsets.to_numpy().astype(np.int64)
         flat = pc.list_flatten(pieces)
         enc = pc.dictionary_encode(flat)
-        piece_ids = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        piece_ids = enc.indices.to_numpy(zero_copy_only=False)  # int32: fine as an index
         with _no_gc():
             vocab = enc.dictionary.to_pylist()
             cleaned = ["".join(filter(str.isalnum, p)) for p in vocab]
@@ -234,20 +231,25 @@ class ShingleSets:
         clean_vocab = clean_enc.dictionary.to_pylist()
         tok_hash = _token_hashes(clean_vocab)
         nonempty = np.array([bool(t) for t in clean_vocab], dtype=bool)
-        keep = nonempty[clean_ids][piece_ids]  # (P,) bool per piece
-        token_h = tok_hash[clean_ids][piece_ids][keep]  # (T,) uint64
-        # Token offsets per text after dropping empty pieces.
-        kept_cum = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
-        tok_offsets = kept_cum[piece_offsets]
+        piece_h = tok_hash[clean_ids]  # per distinct piece
+        piece_keep = nonempty[clean_ids]
+        if piece_keep.all():
+            token_h = piece_h[piece_ids]  # (T,) uint64
+            tok_offsets = piece_offsets
+        else:  # drop the pieces that are only punctuation
+            keep = piece_keep[piece_ids]  # (P,) bool
+            token_h = piece_h[piece_ids[keep]]
+            kept_cum = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])
+            tok_offsets = kept_cum[piece_offsets]
         return cls._from_tokens(token_h, tok_offsets, ngram)
 
     @classmethod
     def _from_tokens(cls, token_h: np.ndarray, tok_offsets: np.ndarray, ngram: int) -> ShingleSets:
         """Shingle hashes from per-token hashes (flattened, `tok_offsets` per text).
 
-        The n-gram starting at token p is h(t_p) ^ rotl(h(t_p+1), 7) ^ ... ^ rotl(h(t_p+n-1),
-        7(n-1)), then mixed; a text shorter than n has one shingle of all its tokens, tagged
-        with its length so it never equals a full n-gram.
+        The n-gram starting at token p is h(t_p) ^ c_1 h(t_p+1) ^ ... ^ c_{n-1} h(t_p+n-1)
+        (c_d odd constants, products mod 2^64), then mixed; a text shorter than n has one
+        shingle of all its tokens, tagged with its length so it never equals a full n-gram.
         """
         n = len(tok_offsets) - 1
         lengths = np.diff(tok_offsets)
@@ -256,8 +258,11 @@ class ShingleSets:
             return cls(np.zeros(0, np.uint64), np.zeros(n + 1, np.int64))
         starts, ends = tok_offsets[:-1], tok_offsets[1:]
         acc = token_h.copy()  # (T,)
-        for d in range(1, ngram):
-            acc[:-d] ^= _rotl(token_h[d:], 7 * d)
+        tmp = np.empty(T, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for d in range(1, ngram):
+                np.multiply(token_h[d:], _NGRAM_C[d], out=tmp[: T - d])
+                acc[:-d] ^= tmp[: T - d]
         # A start is valid unless it lies in the last ngram-1 tokens of its text.
         start = np.ones(T, dtype=bool)
         for d in range(1, ngram):
@@ -267,10 +272,10 @@ class ShingleSets:
         if len(short):
             s0, ln = starts[short], lengths[short]
             v = token_h[s0].copy()
-            for d in range(1, ngram - 1):
-                m = d < ln
-                v[m] ^= _rotl(token_h[s0[m] + d], 7 * d)
             with np.errstate(over="ignore"):
+                for d in range(1, ngram - 1):
+                    m = d < ln
+                    v[m] ^= token_h[s0[m] + d] * _NGRAM_C[d]
                 v ^= ln.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
             acc[s0] = v
             start[s0] = True
@@ -352,19 +357,23 @@ def minhash_signatures(
     return sig
 
 
-def _band_keys(sig: np.ndarray, bands: int, seed: int = 0) -> np.ndarray:
-    """(bands, n) uint32: a universal hash of each band's `r` rows (sum of c_j * row_j mod 2^64,
-    top 32 bits). A rare collision of two different bands only adds a candidate, which is
-    verified anyway."""
-    n, k = sig.shape
-    r = k // bands
-    v = sig.reshape(n, bands, r)
+def _band_keys(sig: np.ndarray, bands: int, rows: np.ndarray, seed: int = 0, step: int = 1 << 14) -> np.ndarray:
+    """(bands, len(rows)) uint32: a universal hash of each band's `r` values for the signatures
+    `sig[rows]` (sum of c_j * value_j mod 2^64, top 32 bits). A rare collision of two different
+    bands only adds a candidate, which is verified anyway. Works in row chunks that stay in
+    cache."""
+    r = sig.shape[1] // bands
     c = np.random.default_rng(seed + 1).integers(1, 2**63, size=r, dtype=np.uint64) | np.uint64(1)
-    key = np.zeros((n, bands), dtype=np.uint64)
+    m = len(rows)
+    out = np.empty((bands, m), dtype=np.uint32)
     with np.errstate(over="ignore"):
-        for j in range(r):
-            key += v[:, :, j] * c[j]  # uint32 * uint64 -> uint64, wraps mod 2^64
-    return np.ascontiguousarray((key >> np.uint64(32)).astype(np.uint32).T)
+        for lo in range(0, m, step):
+            v = sig[rows[lo : lo + step]].reshape(-1, bands, r)
+            key = v[:, :, 0].astype(np.uint64) * c[0]
+            for j in range(1, r):
+                key += v[:, :, j] * c[j]  # uint32 * uint64 -> uint64, wraps mod 2^64
+            out[:, lo : lo + step] = (key >> np.uint64(32)).T
+    return out
 
 
 def lsh_candidate_pairs(
@@ -382,7 +391,7 @@ def lsh_candidate_pairs(
     idx = np.flatnonzero(valid)
     if len(idx) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    keys = _band_keys(sig[idx], bands)
+    keys = _band_keys(sig, bands, idx)
     found = []
     m = len(idx)
     pos = np.arange(m)
