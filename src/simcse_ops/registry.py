@@ -710,7 +710,8 @@ def _ensure_configured() -> MlflowConfig:
 
 def download_registered_model(uri: str, cache_dir: Path | str | None = None) -> Path:
     """The sentence-transformers folder of a registered version, downloaded once into a cache
-    (`$SIMCSE_OPS_CACHE` or ~/.cache/simcse-ops/registry, keyed by store, name and version)."""
+    (`$SIMCSE_OPS_CACHE` or ~/.cache/simcse-ops/registry, keyed by store, name, version and its
+    creation time)."""
     import mlflow
     import yaml
 
@@ -730,7 +731,8 @@ def download_registered_model(uri: str, cache_dir: Path | str | None = None) -> 
             raise
     base = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "simcse-ops" / "registry")
     store = hashlib.sha256(mlflow.get_tracking_uri().encode()).hexdigest()[:12]
-    dest = base / store / name / str(mv.version)
+    # the creation time keeps a recreated store's "version 1" from hitting an old download
+    dest = base / store / name / f"{mv.version}-{mv.creation_timestamp}"
     if not (dest / "MLmodel").is_file():
         with atomic_path(dest) as tmp:
             tmp.mkdir(parents=True)
