@@ -118,7 +118,11 @@ def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40) -> str
     logger = get_run_logger()
 
     def log_line(stream: str, line: str) -> None:
-        logger.info(line) if stream == "stdout" else logger.info("[stderr] %s", line)
+        # DVC and the stages write progress and warnings to stderr: informative, not errors.
+        if stream == "stdout":
+            logger.info(line)
+        else:
+            logger.info("[stderr] %s", line)
 
     res = run_dvc(["repro", "--single-item", target], workspace, on_line=log_line,
                   tail_lines=stderr_tail_lines)

@@ -108,15 +108,27 @@ class Prefect:
         raise AssertionError(f"flow run {flow_run_id} not finished after {timeout_s} s: "
                              f"{run['state_type']}\n{self.tail('worker')}")
 
-    def logs_of(self, flow_run_id: str) -> list[str]:
+    def logs_of(self, flow_run_id: str) -> list[dict]:
         out, offset = [], 0
         while True:
             page = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
                                               "limit": 200, "offset": offset, "sort": "TIMESTAMP_ASC"})
-            out.extend(log["message"] for log in page)
+            out.extend(page)
             if len(page) < 200:
                 return out
             offset += 200
+
+    def flow_logs(self, flow_run_id: str, timeout_s: float = 60) -> list[str]:
+        """The messages of a finished run, once its own last line ("Finished in state ...") is in:
+        the flow run process sends its last log batch after it reported the final state."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            logs = self.logs_of(flow_run_id)
+            done = any(log["task_run_id"] is None and log["message"].startswith("Finished in state")
+                       for log in logs)
+            if done or time.monotonic() > deadline:
+                return [log["message"] for log in logs]
+            time.sleep(2)
 
     def artifacts_of(self, flow_run_id: str) -> dict[str, dict]:
         arts = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
@@ -209,7 +221,7 @@ def test_domain_retrain_through_server_worker_dvc_and_mlflow(prefect, project, d
     # 1. One retrain: DVC runs ingest ... register@biomed; a version appears in the registry.
     run_id = prefect.run_id(prefect.trigger("retrain-domain/biomed", project))
     run = prefect.wait(run_id)
-    logs = prefect.logs_of(run_id)
+    logs = prefect.flow_logs(run_id)
     assert run["state_type"] == "COMPLETED", "\n".join(logs[-60:]) + prefect.tail("worker")
     assert any("Running stage 'register@biomed'" in m for m in logs)
     assert any("Running stage 'ingest'" in m for m in logs)
@@ -237,7 +249,7 @@ def test_domain_retrain_through_server_worker_dvc_and_mlflow(prefect, project, d
     triggers = [prefect.trigger("retrain-domain/biomed", project) for _ in range(2)]
     ids = [prefect.run_id(t) for t in triggers]
     runs = [prefect.wait(i, timeout_s=2 * RUN_TIMEOUT_S) for i in ids]
-    all_logs = {i: prefect.logs_of(i) for i in ids}
+    all_logs = {i: prefect.flow_logs(i) for i in ids}
     for r in runs:
         assert r["state_type"] == "COMPLETED", "\n".join(all_logs[r["id"]][-60:])
     for i, msgs in all_logs.items():
