@@ -135,10 +135,9 @@ class tracking_env:
     def __exit__(self, *exc):
         import mlflow
 
+        mlflow.set_tracking_uri(self.saved)
+        mlflow.set_registry_uri(self.saved)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         if self.saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = self.saved
-        mlflow.set_tracking_uri(self.saved)
-        mlflow.set_registry_uri(self.saved)
-        os.environ.pop("MLFLOW_TRACKING_URI", None) if self.saved is None else None
         return False

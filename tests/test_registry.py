@@ -145,6 +145,7 @@ def _client():
     return MlflowClient()
 
 
+@pytest.mark.slow
 def test_stage_registers_a_first_version_with_tags_card_and_aliases(project, tiny_model_dir):
     from stages.register import main
 
@@ -190,9 +191,8 @@ def result_avg(mdir: Path) -> float:
     return json.loads((mdir / "sts.json").read_text())["avg"]
 
 
-def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_champion(project, capsys):
-    from simcse_ops.cli import main as cli
-
+@pytest.mark.slow
+def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_champion(project):
     root, params_path, _ = project
     prefix = "deg-"
     good = _register(project, prefix, "unsup-wiki", {"scores": 78.0}, "good")
@@ -243,6 +243,7 @@ def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_cha
     assert json.loads(client.get_model_version(name, "2").tags["rolled_back"])["why"] == "v2 is the degraded one"
 
 
+@pytest.mark.slow
 def test_cli_promote_and_rollback(project, capsys, monkeypatch):
     from simcse_ops.cli import main as cli
 
@@ -265,6 +266,7 @@ def test_cli_promote_and_rollback(project, capsys, monkeypatch):
     assert "alice: domain beats base on PubMed STS" in out and "rollback alice: drift" in out.replace("  ", " ")
 
 
+@pytest.mark.slow
 def test_registered_version_resolves_to_the_same_encoder(project, monkeypatch, tmp_path):
     from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
 
@@ -282,6 +284,7 @@ def test_registered_version_resolves_to_the_same_encoder(project, monkeypatch, t
         resolve_model("models:/load-sup-nli@nope")
 
 
+@pytest.mark.slow
 def test_failed_registration_is_undone_and_the_champion_restored(project):
     """A crash right after the champion moved (store still reachable): the half-made version is
     deleted and `champion` goes back, with the repair in the audit trail."""

@@ -5,7 +5,6 @@ and decision (a half-made version is removed; the champion is restored)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
