@@ -271,3 +271,31 @@ def _ingested_files(project: Path) -> set[str]:
     import pandas as pd
 
     return set(pd.read_parquet(project / "data/ingested/pubmedqa.parquet")["file"].astype(str))
+
+
+def test_serve_runs_the_deployments_without_a_work_pool(prefect, project):
+    """`python -m flows.serve` registers the deployments of flows/prefect.yaml (with their
+    schedules) and runs a triggered retrain in its own process; no pool, no worker."""
+    serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=prefect.env,
+                             stdout=open(prefect.logs / "serve.log", "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    prefect.procs.append(serve)
+    deadline = time.monotonic() + 120
+    while True:  # serve re-registers the deployment without a work pool
+        try:
+            dep = prefect.get("/deployments/name/retrain-domain/biomed")
+            if dep["work_pool_name"] is None and dep["schedules"]:
+                break
+        except httpx.HTTPStatusError:
+            pass
+        assert serve.poll() is None and time.monotonic() < deadline, prefect.tail("serve")
+        time.sleep(2)
+    (sched,) = dep["schedules"]
+    assert (sched["schedule"]["cron"], sched["schedule"]["timezone"]) == ("0 3 * * 1", "Europe/Berlin")
+
+    run_id = prefect.run_id(prefect.trigger("retrain-domain/biomed", project))
+    run = prefect.wait(run_id)
+    logs = prefect.flow_logs(run_id)
+    assert run["state_type"] == "COMPLETED", "\n".join(logs[-40:]) + prefect.tail("serve")
+    assert any(m.startswith("biomed: ") and ("new version" in m or "nothing changed" in m)
+               for m in logs), logs[-10:]
