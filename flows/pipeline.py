@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         statuses = pipeline(variants=args.variant, workspace=args.workspace)
-    except DvcError as e:
+    except (DvcError, ConfigError) as e:
         raise SystemExit(str(e)) from e
     for target, status in statuses.items():
         print(f"{target}: {status}")

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         report = retrain_domain(domain=args.domain, workspace=args.workspace)
-    except DvcError as e:
+    except (DvcError, ConfigError) as e:
         raise SystemExit(str(e)) from e
     print(json.dumps(report, indent=2))
 
