@@ -440,13 +440,15 @@ def train(
         step = 0
         seed_everything(cfg.seed + ctx.rank)  # per-rank dropout masks; data order uses cfg.seed
 
-    def evaluate_dev() -> None:
+    def evaluate_dev(selectable: bool = True) -> None:
         nonlocal best_state
         if dev is None or not ctx.is_main:
             return
         embed = make_embed_fn(encoder, tokenizer, dev_max_length, device, dev_batch_size, autocast)
         score = sts_spearman(embed, dev.sentence1, dev.sentence2, dev.score)
         result.dev_curve.append({"step": step, "stsb_dev_spearman": round(score, 4)})
+        if not selectable:
+            return
         if result.best_dev_spearman is None or score > result.best_dev_spearman:
             result.best_dev_spearman, result.best_step = score, step
             best_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
@@ -475,7 +477,9 @@ def train(
     bar = tqdm(total=total, initial=step, disable=not (progress and ctx.is_main), dynamic_ncols=True,
                desc=f"train {data.method}")
     if step == 0 and dev is not None:
-        evaluate_dev()  # step 0: the base encoder's dev score, so training must beat it to be kept
+        # The base encoder's dev score, for the curve only: the export is always a trained step
+        # (STS-B dev alone can rank the base first while the 7-task average prefers the trained one).
+        evaluate_dev(selectable=False)
     sentences_per_step = cfg.batch_size * data.sentences_per_example
     t_train = time.perf_counter()
     steps_this_run = 0
