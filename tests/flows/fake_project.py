@@ -65,9 +65,9 @@ elif stage == "register":
     state.write_text(json.dumps(versions))
     avg = json.loads((root / f"metrics/{variant}/sts.json").read_text())["avg"]
     write(f"metrics/{variant}/registry.json", {
-        "model": f"simcse-{variant}", "version": version, "decision": "promoted",
-        "champion": True, "reasons": [f"avg {avg} beats the champion"],
-        "run_id": f"run{version}", "experiment_id": "1",
+        "name": f"simcse-{variant}", "version": version, "decision": "promote", "promoted": True,
+        "compared_to": "base", "reasons": [f"ok: avg {avg} beats base"], "champion": version,
+        "run_id": f"run{version}", "model_sha256": "0" * 64,
     })
 '''.replace("%(tasks)r", repr(TASKS))
 

@@ -70,12 +70,14 @@ def test_artifact_keys_and_links():
     assert artifact_key("retrain-Bio_Med", "sts") == "retrain-bio-med-sts"
     assert mlflow_run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
     assert mlflow_run_url("http://h:5000", None, None) is None
-    md = registry_markdown("biomed", {"model": "simcse-biomed", "version": 4, "decision": "kept",
-                                      "reasons": ["avg 70.1 < champion 71.0 - 0.5"],
-                                      "run_id": "abc", "experiment_id": "3"}, "http://h:5000")
-    assert "# simcse-biomed version 4: kept" in md
-    assert "avg 70.1 < champion 71.0 - 0.5" in md
-    assert "(http://h:5000/#/experiments/3/runs/abc)" in md
+    md = registry_markdown("biomed", {"name": "simcse-biomed", "version": 4, "decision": "reject",
+                                      "promoted": False, "compared_to": "champion v3", "champion": 3,
+                                      "reasons": ["fail: avg 70.10 vs champion v3 71.00"],
+                                      "run_id": "abc"}, "http://h:5000")
+    assert "# simcse-biomed version 4: reject (not promoted)" in md
+    assert "champion now: version 3" in md
+    assert "fail: avg 70.10 vs champion v3 71.00" in md
+    assert "[abc](http://h:5000/#/runs/abc)" in md
 
 
 @pytest.fixture()
@@ -109,8 +111,8 @@ def test_pipeline_runs_every_stage_in_order_and_publishes_artifacts(prefect_serv
     assert set(rows[0]) == {"variant", *TASKS, "avg"}
     decision = read_artifact("registry-biomed")
     assert decision.type == "markdown"
-    assert "simcse-biomed version 1: promoted" in decision.data
-    assert "http://mlflow.test:5000/#/experiments/1/runs/run1" in decision.data
+    assert "simcse-biomed version 1: promote (promoted to champion)" in decision.data
+    assert "(http://mlflow.test:5000/#/runs/run1)" in decision.data
 
     # A second run finds everything up to date: DVC skips, nothing is re-run.
     again = pipeline(variants=["biomed"], workspace=str(project))

@@ -26,15 +26,16 @@ def test_unknown_domain_names_the_known_ones(params):
 
 
 def test_champion_report():
-    before = {"version": 1, "decision": "promoted", "champion": True}
-    kept = {"version": 2, "decision": "rejected", "champion": False, "reasons": ["avg drop"]}
+    before = {"version": 1, "decision": "promote", "promoted": True, "champion": 1}
+    kept = {"version": 2, "decision": "reject", "promoted": False, "champion": 1,
+            "reasons": ["fail: avg"]}
     r = champion_report(before, kept)
     assert r["new_version"] and not r["champion"] and r["previous_version"] == 1
-    assert r["reasons"] == ["avg drop"]
+    assert r["champion_version"] == 1 and r["reasons"] == ["fail: avg"]
     assert not champion_report(kept, kept)["new_version"]
-    assert champion_report(None, {"version": 1, "decision": "promoted"})["champion"]
-    assert champion_report(None, None) == {"version": None, "new_version": False, "champion": False,
-                                           "decision": None, "reasons": []}
+    first = champion_report(None, {"version": 1, "decision": "promote", "promoted": True, "champion": 1})
+    assert first["champion"] and first["new_version"]
+    assert champion_report(None, None)["version"] is None
 
 
 @pytest.fixture()
@@ -69,12 +70,12 @@ def test_retrain_picks_up_a_new_domain_file_and_reports_the_new_champion(prefect
     assert "domain/biomedical/ori_pqal_2027.json" in corpus_files(params, ("pubmedqa",))["pubmedqa"]
     second = retrain_domain(domain="biomed", workspace=str(project))
     assert second["new_version"] and second["version"] == 2 and second["previous_version"] == 1
-    assert second["champion"] and second["decision"] == "promoted"
+    assert second["champion"] and second["decision"] == "promote" and second["champion_version"] == 2
     assert calls(project)[len(chain):] == chain
     ingested = json.loads((project / "data/ingested/pubmedqa.json").read_text())
     assert any(f.endswith("ori_pqal_2027.json") for f in ingested)
 
     art = read_artifact("registry-biomed")
-    assert "simcse-biomed version 2: promoted" in art.data
+    assert "simcse-biomed version 2: promote (promoted to champion)" in art.data
     rows = json.loads(read_artifact("retrain-biomed-sts").data)
     assert [r["variant"] for r in rows] == ["biomed", "base"]
