@@ -9,7 +9,8 @@ one forward over [x, x], bf16 autocast, AdamW, clipping) on random token ids wit
     python benchmarks/gpu_throughput.py                 # batch 64 (the paper's), length 32
     python benchmarks/gpu_throughput.py --batch-size 512 --compile
 
-Exits with status 2 and a message when no CUDA device is available.
+Exits with status 2 and a message when no CUDA device is available. `--device cpu --layers 2
+--hidden 64` smoke-tests the script itself on a CPU (its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--epoch-sentences", type=int, default=1_000_000)
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (dynamic shapes)")
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script")
+    ap.add_argument("--layers", type=int, default=12, help="BERT-base: 12 (smaller only for smoke tests)")
+    ap.add_argument("--hidden", type=int, default=768, help="BERT-base: 768 (smaller only for smoke tests)")
     args = ap.parse_args(argv)
 
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"benchmark": "gpu_throughput", "error": "no CUDA device: this benchmark needs a GPU "
                           f"(torch {torch.__version__}, cuda build: {torch.version.cuda})"}))
         print("gpu_throughput: no CUDA device available; run it on a machine with a GPU", file=sys.stderr)
@@ -45,11 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     from simcse_ops.model import SimCSEEncoder
     from simcse_ops.trainer import autocast_for, linear_schedule, make_optimizer, train_step
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=512)
+    config = BertConfig(vocab_size=30522, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
+                        max_position_embeddings=512)
     enc = SimCSEEncoder(BertModel(config), pooler="cls", mlp=True, mlp_only_train=False).to(device).train()
     cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length,
                         precision="bf16")
@@ -70,23 +77,24 @@ def main(argv: list[str] | None = None) -> None:
         ids = np.where(mask == 1, ids, 0)
         ids = np.concatenate([ids, ids])  # [x, x]: two dropout views
         mask = np.concatenate([mask, mask])
-        batches.append((torch.from_numpy(ids).pin_memory(), torch.from_numpy(mask).pin_memory()))
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        batches.append((ids.pin_memory(), mask.pin_memory()) if on_cuda else (ids, mask))
 
     autocast = lambda: autocast_for(cfg, device)  # noqa: E731
     start = None
     for step, (ids, mask) in enumerate(batches):
         if step == args.warmup:
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
         train_step(enc, opt, sched, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), 2, cfg,
                    autocast=autocast)
-    torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - start
     sps = args.steps * b / elapsed
     print(json.dumps({
         "benchmark": "gpu_throughput",
-        "device": torch.cuda.get_device_name(0),
-        "model": "bert-base shape, random weights",
+        "device": torch.cuda.get_device_name(0) if on_cuda else "cpu (smoke test)",
+        "model": f"bert shape {args.layers}x{args.hidden}, random weights",
         "precision": "bf16 autocast",
         "compile": args.compile,
         "batch_size": b,
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         "sentences_per_s": round(sps, 1),
         "epoch_sentences": args.epoch_sentences,
         "epoch_minutes": round(args.epoch_sentences / sps / 60, 2),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
         "torch": torch.__version__,
     }))
 
