@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from simcse_ops.trainer import run_training
 
     dev_task = params.evaluate.dev_task
-    run_training(
+    result = run_training(
         variant,
         variant=args.variant,
         data_dir=args.data,
@@ -64,6 +64,24 @@ def main(argv: list[str] | None = None) -> None:
         dev_batch_size=params.evaluate.batch_size,
         device=args.device,
         progress=not args.no_progress,
+    )
+    if result is not None:  # rank 0 only
+        log_to_mlflow(params, args, variant, result)
+
+
+def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
+    """Params, per-step loss and dev Spearman, sentences/s, lineage and system tags; the run id
+    goes to `<out>/mlflow_run.json` so evaluation, bias and registration attach to the same run."""
+    from dataclasses import asdict
+
+    from simcse_ops import tracking
+
+    root = Path(args.params).resolve().parent
+    cfg = tracking.mlflow_config(params)
+    tracking.configure(root, cfg)
+    summary = {k: v for k, v in asdict(result).items() if k not in ("loss_curve", "dev_curve")}
+    tracking.log_training(
+        args.variant, asdict(variant), result.loss_curve, result.dev_curve, summary, args.out, root, cfg
     )
 
 

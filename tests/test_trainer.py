@@ -161,6 +161,19 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     assert st.encode(["a cat."]).shape == (1, 32)
     AutoModel.from_pretrained(str(out / "model"))
 
+    # tracked in MLflow (the embedded store beside params.yaml), the run id kept with the model
+    import json
+
+    import mlflow
+
+    run_id = json.loads((out / "model" / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    assert run.data.tags["variant"] == "sup-nli"
+    assert run.data.params["lr"] == "0.001"
+    assert len(client.get_metric_history(run_id, "loss")) == 12
+    assert "sentences_per_s" in run.data.metrics
+
 
 # --------------------------------------------------------------------------------------------
 # SIGKILL + resume gives the uninterrupted run's loss curve
