@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--epoch-sentences", type=int, default=1_000_000)
+    ap.add_argument("--length-groups", type=int, default=1,
+                    help="forward passes per step over rows of similar length (1: one padded pass)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (dynamic shapes)")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script")
     ap.add_argument("--layers", type=int, default=12, help="BERT-base: 12 (smaller only for smoke tests)")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                         max_position_embeddings=512)
     enc = SimCSEEncoder(BertModel(config), pooler="cls", mlp=True, mlp_only_train=False).to(device).train()
     cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length,
-                        precision="bf16")
+                        precision="bf16", length_groups=args.length_groups)
     total = args.warmup + args.steps
     opt = make_optimizer(enc, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, 0, total))
@@ -68,26 +70,18 @@ def main(argv: list[str] | None = None) -> None:
 
     rng = np.random.default_rng(0)
     b, L = args.batch_size, args.max_seq_length
-    batches = []
+    batches = []  # token rows [x_1..x_b, x_1..x_b]: two dropout views of each sentence
     for _ in range(total):
-        lengths = rng.integers(8, L + 1, size=b)
-        t = int(lengths.max())
-        ids = rng.integers(1000, config.vocab_size, size=(b, t))
-        mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-        ids = np.where(mask == 1, ids, 0)
-        ids = np.concatenate([ids, ids])  # [x, x]: two dropout views
-        mask = np.concatenate([mask, mask])
-        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-        batches.append((ids.pin_memory(), mask.pin_memory()) if on_cuda else (ids, mask))
+        rows = [rng.integers(1000, config.vocab_size, size=int(n)) for n in rng.integers(8, L + 1, size=b)]
+        batches.append(rows + rows)
 
     autocast = lambda: autocast_for(cfg, device)  # noqa: E731
     start = None
-    for step, (ids, mask) in enumerate(batches):
+    for step, rows in enumerate(batches):
         if step == args.warmup:
             sync()
             start = time.perf_counter()
-        train_step(enc, opt, sched, ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), 2, cfg,
-                   autocast=autocast)
+        train_step(enc, opt, sched, rows, 0, 2, cfg, autocast=autocast, device=device)
     sync()
     elapsed = time.perf_counter() - start
     sps = args.steps * b / elapsed
@@ -97,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": f"bert shape {args.layers}x{args.hidden}, random weights",
         "precision": "bf16 autocast",
         "compile": args.compile,
+        "length_groups": args.length_groups,
         "batch_size": b,
         "max_seq_length": L,
         "measured_steps": args.steps,

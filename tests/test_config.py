@@ -54,6 +54,10 @@ def test_cross_references_are_checked(raw, tmp_path):
     bad["variants"]["sup-nli"]["corpus"] = ["mnli"]
     with pytest.raises(ConfigError, match=r"variants.sup-nli.corpus: no source 'mnli'"):
         parse_params(bad, tmp_path / "p.yaml")
+    bad = copy.deepcopy(raw)
+    bad["variants"]["sup-nli"]["length_groups"] = 0
+    with pytest.raises(ConfigError, match=r"variants.sup-nli.length_groups: expected an integer >= 1"):
+        parse_params(bad, tmp_path / "p.yaml")
 
 
 def test_unknown_variant_lists_known(params):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from simcse_ops.model import POOLERS, SimCSEEncoder, export_sentence_transformer, masked_mean
+from simcse_ops.model import (
+    POOLERS,
+    FastDropout,
+    SimCSEEncoder,
+    export_sentence_transformer,
+    masked_mean,
+    use_fast_dropout,
+)
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run.", "The cat sleeps on the warm red sofa today."]
 
@@ -124,3 +131,46 @@ def test_default_encoder_export_keeps_256_tokens_and_normalize(tmp_path):
     assert st.max_seq_length == 256
     ref = load_sentence_transformer("default", device="cpu")
     np.testing.assert_allclose(st.encode(SENTENCES), ref.encode(SENTENCES), rtol=1e-4, atol=1e-5)
+
+
+def test_fast_dropout_keeps_one_minus_p_and_scales():
+    torch.manual_seed(0)
+    drop = FastDropout(0.1).train()
+    x = torch.ones(400_000)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.003  # binomial sd 0.0005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    assert abs(y.mean().item() - 1.0) < 0.004  # inverted dropout keeps the expectation
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # drawn from torch's seeded generator: replayable
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
+def test_fast_dropout_gradient_is_the_mask():
+    torch.manual_seed(1)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = FastDropout(0.25).train()(x)
+    y.sum().backward()
+    expected = (y.detach() != 0).float() / 0.75
+    assert torch.allclose(x.grad, expected)
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_the_weights(tiny_model_dir, tokenizer):
+    enc = _encoder(tiny_model_dir, "avg")
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    ids, mask = _batch(tokenizer)
+    ref = enc(ids, mask)
+    n = use_fast_dropout(enc)
+    assert n > 0 and not any(type(m) is torch.nn.Dropout for m in enc.modules())
+    assert enc.state_dict().keys() == before.keys()
+    assert all(torch.equal(enc.state_dict()[k], v) for k, v in before.items())
+    torch.testing.assert_close(enc(ids, mask), ref)  # eval mode: no dropout either way
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(ids, mask)
+    torch.manual_seed(0)
+    assert torch.equal(enc(ids, mask), a) and not torch.allclose(a, ref)  # dropout active, seeded

@@ -20,7 +20,9 @@ import yaml
 from simcse_ops import schemas
 from simcse_ops.files import DataError
 from simcse_ops.trainer import (
+    encode_rows,
     epoch_permutation,
+    length_groups,
     linear_schedule,
     load_training_texts,
     pad_rows,
@@ -117,6 +119,49 @@ def test_tokenize_truncates_to_max_length_and_pads_dynamically(tiny_model_dir):
     assert ids.shape == (1, lengths[0]) and mask.all()  # padded to the batch's longest row only
     ids, mask = pad_rows([col.ids[col.offsets[i]:col.offsets[i + 1]] for i in range(2)], pad_id=0)
     assert ids.shape == (2, 32) and mask[0].sum() == lengths[0]
+
+
+def test_length_groups_sort_by_length_and_cover_every_row():
+    lengths = [5, 30, 7, 12, 30, 3, 9, 20, 11]
+    parts = length_groups(lengths, 3)
+    assert len(parts) == 3 and sorted(np.concatenate(parts).tolist()) == list(range(len(lengths)))
+    flat = [lengths[i] for i in np.concatenate(parts)]
+    assert flat == sorted(flat)  # groups are runs of similar length
+    assert [p.tolist() for p in length_groups(lengths, 1)] == [list(range(len(lengths)))]  # own order
+    assert len(length_groups([4, 4], 8)) == 2  # never an empty group
+
+
+@pytest.mark.parametrize("pooler", ["avg", "cls", "avg_first_last"])
+def test_length_grouped_passes_equal_one_padded_pass(tiny_model_dir, pooler):
+    """Embeddings, the in-batch loss and every gradient agree with one padded forward pass."""
+    import torch
+
+    from simcse_ops.loss import info_nce
+    from simcse_ops.model import SimCSEEncoder
+
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(5, 1000, size=int(n)) for n in rng.integers(3, 33, size=12)]
+    rows = rows + rows  # unsup layout [x, x]
+    torch.manual_seed(0)
+    enc = SimCSEEncoder.from_pretrained(str(tiny_model_dir), pooler=pooler, mlp=True).eval()  # dropout off
+
+    def loss_and_grads(groups):
+        enc.zero_grad(set_to_none=True)
+        z = encode_rows(enc, rows, 0, groups, torch.device("cpu"))
+        loss = info_nce(z[:12], z[12:], None, 0.05, 0.0)
+        loss.backward()
+        return z.detach(), loss.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    z1, l1, g1 = loss_and_grads(1)
+    z_ref = enc(*pad_rows(rows, 0)).detach()
+    torch.testing.assert_close(z1, z_ref)
+    for groups in (3, 5):
+        zg, lg, gg = loss_and_grads(groups)
+        torch.testing.assert_close(zg, z1, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lg, l1, rtol=1e-5, atol=1e-5)
+        assert gg.keys() == g1.keys()
+        for name in g1:
+            torch.testing.assert_close(gg[name], g1[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_training_data_errors_name_the_file(tmp_path):

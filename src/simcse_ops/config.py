@@ -93,6 +93,8 @@ class VariantConfig:
     checkpoint_steps: int = 250  # resumable checkpoint every N steps (0: none)
     max_train_samples: int | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    length_groups: int = 4  # forward passes per step over rows of similar length (less padding)
+    dropout_impl: Literal["auto", "native", "fast"] = "auto"  # auto: FastDropout on CPU, torch's on CUDA
     description: str = ""
 
 
@@ -252,6 +254,9 @@ def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Param
         for c in v.corpus:
             if c not in params.sources:
                 raise ConfigError(f"{path}: variants.{vname}.corpus: no source {c!r} in sources")
+        if v.length_groups < 1:
+            raise ConfigError(f"{path}: variants.{vname}.length_groups: expected an integer >= 1 "
+                              f"(1 = one padded forward pass per step), got {v.length_groups}")
     return params
 
 

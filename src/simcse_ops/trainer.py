@@ -7,9 +7,16 @@ One step on a global batch of B examples (Gao et al. 2021):
     sup:   rows [anchor_1..B, positive_1..B, negative_1..B] in one forward pass;
            loss = InfoNCE(z1, z2, hard negatives z3)                                      (B, 2B)
 
-AdamW (no decay on 1-d parameters: biases and norms), linear warm-up then linear decay to 0,
-gradient clipping, bf16 autocast on CUDA. Text is tokenised once, ahead of time, truncated to
-`max_seq_length` (32 by default); each batch is padded to its own longest row (dynamic padding).
+AdamW (fused kernel; no decay on 1-d parameters: biases and norms), linear warm-up then linear
+decay to 0, gradient clipping, bf16 autocast on CUDA. Text is tokenised once, ahead of time,
+truncated to `max_seq_length` (32 by default).
+
+Less padding: the step's rows are sorted by length and encoded in `length_groups` forward passes,
+each padded to its own longest row (`encode_rows`). The encoder maps every row independently
+(padding is masked out), so the embeddings, the loss over the whole batch and its in-batch
+negatives are those of one padded pass; only the compute spent on padding tokens is saved
+(31 % of the tokens of a random wiki1m batch at length 32). Dropout masks come from `FastDropout`
+on CPU (`dropout_impl`), which draws 4 mask elements per 64-bit random number.
 
 Data order: epoch e visits the examples in the permutation `default_rng(seed + e)`; a step is a
 position in that permutation, so (epoch, position) is the whole data-order state. A checkpoint
@@ -52,7 +59,7 @@ from simcse_ops.distributed import (
 )
 from simcse_ops.files import DataError, atomic_path, write_json
 from simcse_ops.loss import info_nce
-from simcse_ops.model import SimCSEEncoder
+from simcse_ops.model import SimCSEEncoder, use_fast_dropout
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +301,18 @@ def autocast_for(cfg: VariantConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def configure_dropout(encoder: torch.nn.Module, cfg: VariantConfig, device: torch.device) -> int:
+    """`dropout_impl`: fast (FastDropout), native (torch's), auto (fast on CPU); returns modules swapped."""
+    if cfg.dropout_impl == "fast" or (cfg.dropout_impl == "auto" and device.type == "cpu"):
+        return use_fast_dropout(encoder)
+    return 0
+
+
 def make_optimizer(encoder: torch.nn.Module, cfg: VariantConfig) -> torch.optim.AdamW:
     decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def contrastive_loss(z: torch.Tensor, n_cols: int, cfg: VariantConfig, ctx: DistContext) -> torch.Tensor:
@@ -308,20 +322,51 @@ def contrastive_loss(z: torch.Tensor, n_cols: int, cfg: VariantConfig, ctx: Dist
     return info_nce(parts[0], parts[1], negatives, cfg.temperature, cfg.hard_negative_weight)
 
 
+def length_groups(lengths: Sequence[int], groups: int) -> list[np.ndarray]:
+    """Row indices in `groups` runs of similar length: a stable sort by length, cut evenly.
+
+    groups = 1 keeps the rows in their own order (one pass, exactly the plain padded batch).
+    """
+    n = len(lengths)
+    if groups <= 1 or n <= 1:
+        return [np.arange(n)]
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [g for g in np.array_split(order, min(groups, n)) if len(g)]
+
+
+def encode_rows(encoder: SimCSEEncoder, rows: list[np.ndarray], pad_id: int, groups: int,
+                device: torch.device) -> torch.Tensor:
+    """Training embeddings (N, H) of N token rows, in row order, from length-grouped passes.
+
+    Each group is padded to its own longest row; the outputs are put back in row order, so the
+    result equals `encoder(*pad_rows(rows))` up to float rounding and the dropout masks drawn.
+    """
+    parts = length_groups([len(r) for r in rows], groups)
+    outs = []
+    for idx in parts:
+        ids, mask = pad_rows([rows[i] for i in idx], pad_id)
+        outs.append(encoder(ids.to(device), mask.to(device)))
+    if len(parts) == 1 and np.array_equal(parts[0], np.arange(len(rows))):
+        return outs[0]
+    inverse = torch.from_numpy(np.argsort(np.concatenate(parts))).to(device)
+    return torch.cat(outs).index_select(0, inverse)
+
+
 def train_step(
     encoder: SimCSEEncoder,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    rows: list[np.ndarray],
+    pad_id: int,
     n_cols: int,
     cfg: VariantConfig,
     ctx: DistContext = DistContext(),
     autocast=contextlib.nullcontext,
+    device: torch.device = torch.device("cpu"),
 ) -> float:
-    """One optimisation step on a padded batch (rows grouped by column); returns the loss."""
+    """One optimisation step on a batch of token rows (grouped by column); returns the loss."""
     with autocast():
-        z = encoder(input_ids, attention_mask)  # (n_cols * b, H)
+        z = encode_rows(encoder, rows, pad_id, cfg.length_groups, device)  # (n_cols * b, H)
     loss = contrastive_loss(z, n_cols, cfg, ctx)
     loss.backward()
     params = [p for p in encoder.parameters() if p.grad is not None]
@@ -406,6 +451,7 @@ def train(
     fp = run_fingerprint(cfg, data.fingerprint(), ctx.world_size)
 
     encoder.to(device).train()
+    configure_dropout(encoder, cfg, device)
     broadcast_parameters(encoder, ctx)
     optimizer = make_optimizer(encoder, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
@@ -490,9 +536,9 @@ def train(
             perm, perm_epoch = epoch_permutation(n, cfg.seed, epoch), epoch
         global_idx = perm[position * cfg.batch_size:(position + 1) * cfg.batch_size]
         local_idx = global_idx[ctx.rank * local_b:(ctx.rank + 1) * local_b]
-        ids, mask = pad_rows(data.rows(local_idx), pad_id)
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(encoder, optimizer, scheduler, ids.to(device), mask.to(device), n_cols, cfg, ctx, autocast)
+        loss = train_step(encoder, optimizer, scheduler, data.rows(local_idx), pad_id, n_cols, cfg, ctx,
+                          autocast, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at step {step + 1}; lower variants lr")
         step += 1
