@@ -254,6 +254,13 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, p
     assert [(r["step"], r["loss"]) for r in a] == [(r["step"], r["loss"]) for r in b]
     assert read_curve(full / "metrics" / "dev.csv") == read_curve(killed / "metrics" / "dev.csv")
     assert (full / "model" / "model.safetensors").read_bytes() == (killed / "model" / "model.safetensors").read_bytes()
+    assert resumed["train_s"] > 0 and resumed["sentences_per_s"] > 0
+
+    # Run again: it resumes at its last step and re-exports; the time of steps 1..80 is carried over.
+    _run(_stage_cmd(params, "unsup-wiki", data, full), project_root)
+    again = yaml.safe_load((full / "metrics" / "train.json").read_text())
+    assert again["resumed_from_step"] == total and again["steps"] == total
+    assert again["train_s"] > 0 and again["sentences_per_s"] > 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -290,8 +290,8 @@ class TrainResult:
     best_dev_spearman: float | None = None
     resumed_from_step: int | None = None
     wall_s: float = 0.0
-    train_s: float = 0.0
-    sentences_per_s: float = 0.0
+    train_s: float = 0.0  # training-loop seconds of all steps 1..steps, across resumed runs
+    sentences_per_s: float = 0.0  # steps * sentences per step / train_s
 
 
 def autocast_for(cfg: VariantConfig, device: torch.device):
@@ -475,6 +475,7 @@ def train(
         result.dev_curve = state["dev_curve"]
         result.best_step, result.best_dev_spearman = state["best_step"], state["best_dev_spearman"]
         result.resumed_from_step = step
+        prior_train_s = float(state.get("train_s", 0.0))
         if result.best_step is not None and ctx.is_main:
             best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)
             if best_state["step"] != result.best_step:
@@ -484,6 +485,7 @@ def train(
         log.info("resumed from %s at step %d", ckpt_dir, step)
     else:
         step = 0
+        prior_train_s = 0.0
         seed_everything(cfg.seed + ctx.rank)  # per-rank dropout masks; data order uses cfg.seed
 
     def evaluate_dev(selectable: bool = True) -> None:
@@ -511,6 +513,7 @@ def train(
                 "scheduler": scheduler.state_dict(), "rng": rngs,
                 "loss_curve": result.loss_curve, "dev_curve": result.dev_curve,
                 "best_step": result.best_step, "best_dev_spearman": result.best_dev_spearman,
+                "train_s": prior_train_s + time.perf_counter() - t_train,  # of steps 1..step
                 "config": asdict(cfg),
             }
             path = ckpt_dir / f"checkpoint-{step:08d}.pt"
@@ -553,10 +556,11 @@ def train(
         if cfg.checkpoint_steps and (step % cfg.checkpoint_steps == 0 or step == total):
             save_checkpoint()
     bar.close()
-    result.train_s = time.perf_counter() - t_train
+    # A resumed run adds its own time to the time the checkpoint carried for the steps before it.
+    result.train_s = prior_train_s + time.perf_counter() - t_train
     result.steps = step
     result.epochs_run = step / steps_per_epoch
-    result.sentences_per_s = steps_this_run * sentences_per_step / result.train_s if result.train_s > 0 else 0.0
+    result.sentences_per_s = step * sentences_per_step / result.train_s if result.train_s > 0 else 0.0
     result.wall_s = time.perf_counter() - t_start
     return result, best_state
 
