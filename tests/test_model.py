@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from simcse_ops.model import (
+    FAST_ATTENTION,
     POOLERS,
     FastDropout,
+    fast_dropout,
+    restore_attention,
+    use_fast_attention_dropout,
     SimCSEEncoder,
     export_sentence_transformer,
     masked_mean,
@@ -174,3 +178,44 @@ def test_use_fast_dropout_swaps_every_dropout_and_keeps_the_weights(tiny_model_d
     a = enc(ids, mask)
     torch.manual_seed(0)
     assert torch.equal(enc(ids, mask), a) and not torch.allclose(a, ref)  # dropout active, seeded
+
+
+def test_fast_attention_matches_sdpa_without_dropout_and_replays_its_mask(tiny_model_dir, tokenizer):
+    from simcse_ops.model import _fast_dropout_attention
+
+    enc = _encoder(tiny_model_dir, "avg")
+    ids, mask = _batch(tokenizer)
+    ref = enc(ids, mask)
+    previous = use_fast_attention_dropout(enc.backbone)
+    assert previous == "sdpa" and enc.backbone.config._attn_implementation == FAST_ATTENTION
+    torch.testing.assert_close(enc(ids, mask), ref)  # eval: delegated to SDPA
+
+    # Training with dropout: softmax(q k^T s + mask) with fast_dropout's mask, then times v.
+    layer = enc.backbone.encoder.layer[0].attention.self
+    layer.train()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=g) for _ in range(3))
+    keep = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    keep[0, ..., 5:] = False  # padding keys of the first row
+    torch.manual_seed(5)
+    out, _ = _fast_dropout_attention(layer, q, k, v, keep, dropout=0.2, scaling=0.3)
+    probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~keep, torch.finfo(q.dtype).min), dim=-1)
+    torch.manual_seed(5)
+    expected = (fast_dropout(probs, 0.2) @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    assert (out[0] != 0).any() and out.shape == (3, 7, 2, 8)
+    # no dropout: exactly SDPA's function
+    torch.testing.assert_close(_fast_dropout_attention(layer, q, k, v, keep, dropout=0.0, scaling=0.3)[0],
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v, keep, scale=0.3).transpose(1, 2))
+    restore_attention(enc.backbone, previous)
+    assert enc.backbone.config._attn_implementation == "sdpa"
+
+
+def test_export_never_saves_the_training_attention(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    enc = _encoder(tiny_model_dir, "avg")
+    assert use_fast_attention_dropout(enc.backbone) == "sdpa"
+    out = export_sentence_transformer(enc, AutoTokenizer.from_pretrained(str(tiny_model_dir)), tmp_path / "m",
+                                      base_model=str(tiny_model_dir))
+    assert FAST_ATTENTION not in (out / "config.json").read_text()

@@ -48,6 +48,14 @@ class MLPHead(nn.Module):
         return self.activation(self.dense(x))
 
 
+def fast_dropout(x: Tensor, p: float) -> Tensor:
+    """x * m / (1 - p), m_i = [u_i >= q]: u_i a 16-bit slice of 64-bit draws, q = round(p * 2^16)."""
+    n = x.numel()
+    draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    keep = draws.view(torch.int16)[:n].view(x.shape) >= int(round(p * 65536)) - 32768  # int16: [-2^15, 2^15)
+    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))
+
+
 class FastDropout(nn.Module):
     """Inverted dropout, y = x * m / (1 - p) with m_i ~ Bernoulli(1 - p), from 16-bit random draws.
 
@@ -63,26 +71,60 @@ class FastDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
-        self._threshold = int(round(self.p * 65536)) - 32768  # int16 draws are uniform on [-2^15, 2^15)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        n = x.numel()
-        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= self._threshold
-        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+        return fast_dropout(x, self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+FAST_ATTENTION = "simcse_sdpa"
+
+
+def _fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention with FastDropout on the probabilities (CPU training); anything else goes to SDPA.
+
+        out = dropout(softmax(q k^T * scaling + mask)) v      q, k, v: (N, heads, T, d)
+
+    What `scaled_dot_product_attention` computes, with the dropout mask drawn by `fast_dropout`
+    (torch's CPU SDPA draws it with the slower `bernoulli_`). Causal, grouped-query, CUDA, eval
+    and dropout-free calls are passed to Hugging Face's SDPA function unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if (dropout == 0.0 or not module.training or query.device.type != "cpu" or key.shape[1] != query.shape[1]
+            or kwargs.get("is_causal") or getattr(module, "is_causal", False)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout).to(value.dtype)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def register_fast_attention() -> str:
+    """Register `_fast_dropout_attention` (with SDPA's masks) with transformers; idempotent."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(FAST_ATTENTION, _fast_dropout_attention)
+    AttentionMaskInterface.register(FAST_ATTENTION, sdpa_mask)
+    return FAST_ATTENTION
 
 
 def use_fast_dropout(module: nn.Module) -> int:
     """Replace every `nn.Dropout` inside `module` by `FastDropout` with the same p; returns how many.
 
     Works on any architecture (modules are matched by type, not name); dropout has no weights, so
-    state dicts and exported models are unchanged. Attention-probability dropout that a model does
-    inside `scaled_dot_product_attention` is not a module and stays torch's.
+    state dicts and exported models are unchanged. Attention-probability dropout is not a module:
+    see `use_fast_attention_dropout`.
     """
     swapped = 0
     for parent in module.modules():
@@ -91,6 +133,29 @@ def use_fast_dropout(module: nn.Module) -> int:
                 setattr(parent, name, FastDropout(child.p).train(child.training))
                 swapped += 1
     return swapped
+
+
+def use_fast_attention_dropout(backbone: nn.Module) -> str | None:
+    """Switch a backbone that runs SDPA to `FAST_ATTENTION`; returns the implementation to restore.
+
+    Only models on Hugging Face's attention interface with `sdpa` selected are switched (None
+    otherwise). Call `restore_attention(backbone, previous)` before saving the model.
+    """
+    config = getattr(backbone, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    if previous != "sdpa" or not hasattr(backbone, "set_attn_implementation"):
+        return None
+    register_fast_attention()
+    try:
+        backbone.set_attn_implementation(FAST_ATTENTION)
+    except (ValueError, NotImplementedError):  # a model that cannot take a registered implementation
+        return None
+    return previous
+
+
+def restore_attention(backbone: nn.Module, previous: str | None) -> None:
+    if previous is not None:
+        backbone.set_attn_implementation(previous)
 
 
 def masked_mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -219,6 +284,8 @@ def export_sentence_transformer(
     base_len, base_normalizes = _base_st_info(base_model)
     seq_len = max_seq_length or base_len
     backbone = encoder.backbone
+    if getattr(backbone.config, "_attn_implementation", None) == FAST_ATTENTION:
+        backbone.set_attn_implementation("sdpa")  # a training-only function: never saved
     n_layers = int(backbone.config.num_hidden_layers)
     hidden = encoder.hidden_size
     out_dir = Path(out_dir)

@@ -16,7 +16,8 @@ each padded to its own longest row (`encode_rows`). The encoder maps every row i
 (padding is masked out), so the embeddings, the loss over the whole batch and its in-batch
 negatives are those of one padded pass; only the compute spent on padding tokens is saved
 (31 % of the tokens of a random wiki1m batch at length 32). Dropout masks come from `FastDropout`
-on CPU (`dropout_impl`), which draws 4 mask elements per 64-bit random number.
+on CPU (`dropout_impl`), which draws 4 mask elements per 64-bit random number, for the dropout
+modules and, through a registered attention function, for the attention probabilities.
 
 Data order: epoch e visits the examples in the permutation `default_rng(seed + e)`; a step is a
 position in that permutation, so (epoch, position) is the whole data-order state. A checkpoint
@@ -59,7 +60,7 @@ from simcse_ops.distributed import (
 )
 from simcse_ops.files import DataError, atomic_path, write_json
 from simcse_ops.loss import info_nce
-from simcse_ops.model import SimCSEEncoder, use_fast_dropout
+from simcse_ops.model import SimCSEEncoder, restore_attention, use_fast_attention_dropout, use_fast_dropout
 
 log = logging.getLogger(__name__)
 
@@ -301,11 +302,15 @@ def autocast_for(cfg: VariantConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def configure_dropout(encoder: torch.nn.Module, cfg: VariantConfig, device: torch.device) -> int:
-    """`dropout_impl`: fast (FastDropout), native (torch's), auto (fast on CPU); returns modules swapped."""
+def configure_dropout(encoder: SimCSEEncoder, cfg: VariantConfig, device: torch.device) -> str | None:
+    """`dropout_impl`: fast (FastDropout modules and attention), native (torch's), auto (fast on CPU).
+
+    Returns the attention implementation to restore before saving (None: nothing to restore).
+    """
     if cfg.dropout_impl == "fast" or (cfg.dropout_impl == "auto" and device.type == "cpu"):
-        return use_fast_dropout(encoder)
-    return 0
+        use_fast_dropout(encoder)
+        return use_fast_attention_dropout(encoder.backbone)
+    return None
 
 
 def make_optimizer(encoder: torch.nn.Module, cfg: VariantConfig) -> torch.optim.AdamW:
@@ -451,7 +456,7 @@ def train(
     fp = run_fingerprint(cfg, data.fingerprint(), ctx.world_size)
 
     encoder.to(device).train()
-    configure_dropout(encoder, cfg, device)
+    previous_attention = configure_dropout(encoder, cfg, device)
     broadcast_parameters(encoder, ctx)
     optimizer = make_optimizer(encoder, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
@@ -556,6 +561,7 @@ def train(
         if cfg.checkpoint_steps and (step % cfg.checkpoint_steps == 0 or step == total):
             save_checkpoint()
     bar.close()
+    restore_attention(encoder.backbone, previous_attention)
     # A resumed run adds its own time to the time the checkpoint carried for the steps before it.
     result.train_s = prior_train_s + time.perf_counter() - t_train
     result.steps = step
