@@ -23,7 +23,8 @@ import yaml
 
 DATA_ROOT_ENV = "SIMCSE_DATA_ROOT"
 
-Role = Literal["eval-sts", "train-unsup", "train-sup", "domain", "bias"]
+# eval-domain: a domain evaluation set (pair classification or retrieval; never trained on).
+Role = Literal["eval-sts", "eval-domain", "train-unsup", "train-sup", "domain", "bias"]
 
 
 class ConfigError(ValueError):
