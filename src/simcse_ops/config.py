@@ -61,19 +61,49 @@ class StsTaskConfig:
     split: str | None = None  # for sources that carry several splits (stsb, sick)
 
 
+DomainMetric = Literal["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ap", "roc_auc"]
+
+
+@dataclass(frozen=True)
+class DomainTaskConfig:
+    """A domain evaluation task: an `eval-domain` source of kind `pairs` (pair classification)
+    or `retrieval` (queries, documents, judgments). Scored on `split`, selected on `dev_split`."""
+
+    source: str
+    metric: DomainMetric | None = None  # the task's headline metric; None: ndcg@10 / ap by kind
+    split: str = "test"  # reported (and gated) split
+    dev_split: str = "dev"  # model selection (best checkpoint, any hyper-parameter choice)
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """Percentile bootstrap over a task's queries or pairs (groups when the pairs have them)."""
+
+    n_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     tasks: dict[str, StsTaskConfig]
     batch_size: int = 128
     max_seq_length: int | None = None  # None: the model's own maximum (never the training length)
     device: str = "auto"
-    # STS-B dev, used during training for model selection.
+    # STS-B dev, used during training for model selection (variants without a primary domain task).
     dev_task: StsTaskConfig = StsTaskConfig(source="stsb", split="dev")
+    # Domain tasks by name; a variant lists the ones it is judged on (variants.<V>.domain_tasks).
+    domain_tasks: dict[str, DomainTaskConfig] = field(default_factory=dict)
+    # Documents longer than the model's maximum length: `truncate` (the encoder cuts them) or
+    # `max_chunk` (windows of the maximum length, a document scores its best window).
+    long_documents: Literal["truncate", "max_chunk"] = "truncate"
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 
 
 @dataclass(frozen=True)
 class VariantConfig:
-    method: Literal["pretrained", "unsup", "sup"]
+    # unsup / sup: SimCSE; pairs: InfoNCE on (anchor, positive) pairs; tsdae: denoising auto-encoder
+    method: Literal["pretrained", "unsup", "sup", "pairs", "tsdae"]
     base_model: str = "default"
     corpus: tuple[str, ...] = ()  # source names (after dedup) the variant trains on
     pooler: Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"] = "avg"
@@ -96,7 +126,21 @@ class VariantConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     length_groups: int = 4  # forward passes per step over rows of similar length (less padding)
     dropout_impl: Literal["auto", "native", "fast"] = "auto"  # auto: FastDropout on CPU, torch's on CUDA
+    tsdae_deletion_ratio: float = 0.6  # tsdae: probability of deleting each input word (TSDAE paper: 0.6)
     description: str = ""
+    # Domain evaluation suite: names in evaluate.domain_tasks, scored next to the 7 STS tasks.
+    # A variant with domain tasks is a *domain variant*: `primary_task` (default: the first)
+    # selects its best checkpoint on the task's dev split and decides the registry gate.
+    domain_tasks: tuple[str, ...] = ()
+    primary_task: str | None = None
+
+    @property
+    def is_domain(self) -> bool:
+        return bool(self.domain_tasks)
+
+    @property
+    def primary(self) -> str | None:
+        return self.primary_task or (self.domain_tasks[0] if self.domain_tasks else None)
 
 
 @dataclass(frozen=True)
@@ -251,7 +295,29 @@ def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Param
             raise ConfigError(
                 f"{path}: evaluate.tasks.{name}.source: no source {task.source!r} in sources"
             )
+    for name, task in params.evaluate.domain_tasks.items():
+        src = params.sources.get(task.source)
+        if src is None:
+            raise ConfigError(
+                f"{path}: evaluate.domain_tasks.{name}.source: no source {task.source!r} in sources"
+            )
+        if src.role != "eval-domain":
+            raise ConfigError(
+                f"{path}: evaluate.domain_tasks.{name}.source: {task.source!r} has role {src.role!r}; "
+                f"expected eval-domain (an evaluation set is never trained on)"
+            )
+    b = params.evaluate.bootstrap
+    if b.n_resamples < 100 or not 0.5 < b.confidence < 1.0:
+        raise ConfigError(f"{path}: evaluate.bootstrap: expected n_resamples >= 100 and "
+                          f"0.5 < confidence < 1, got {b.n_resamples} and {b.confidence}")
     for vname, v in params.variants.items():
+        for t in v.domain_tasks:
+            if t not in params.evaluate.domain_tasks:
+                raise ConfigError(f"{path}: variants.{vname}.domain_tasks: no task {t!r} in "
+                                  f"evaluate.domain_tasks (known: {', '.join(params.evaluate.domain_tasks)})")
+        if v.primary_task is not None and v.primary_task not in v.domain_tasks:
+            raise ConfigError(f"{path}: variants.{vname}.primary_task: {v.primary_task!r} is not one "
+                              f"of its domain_tasks {list(v.domain_tasks)}")
         for c in v.corpus:
             if c not in params.sources:
                 raise ConfigError(f"{path}: variants.{vname}.corpus: no source {c!r} in sources")
