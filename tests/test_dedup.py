@@ -231,3 +231,84 @@ def test_null_rows_pass_through_and_are_counted(data_root):
     res = deduplicate({"c": ("corpus", corpus_table([s[0], None, s[1], None]))}, _evals(), CFG)
     assert res.keep["c"].tolist() == [True, True, True, True]
     assert res.metrics["sources"]["c"]["null_rows"] == 2
+
+
+# -- domain kinds: pairs and retrieval evaluation sets, text_pairs training sources ----------
+
+
+def _domain_evals(data_root):
+    import pyarrow.compute as pc
+
+    from simcse_ops.config import SourceConfig
+    from simcse_ops.readers import FORMAT_KIND, load_source
+
+    pq_paths = ("domain/biomedical/pubmedqa_pqal/ori_pqal*.json",)
+    cfgs = {
+        "mqp": SourceConfig("mqp_csv", "eval-domain", ("domain/biomedical/mqp/mqp.csv",)),
+        "pubmedqa_conclusion": SourceConfig("pubmedqa_retrieval", "eval-domain", pq_paths,
+                                            {"target": "conclusion"}),
+    }
+    evals = {n: (FORMAT_KIND[c.format], load_source(n, c, data_root).table) for n, c in cfgs.items()}
+    mqp, ret = evals["mqp"][1], evals["pubmedqa_conclusion"][1]
+
+    def first(table, **eq):
+        mask = None
+        for col, value in eq.items():
+            m = pc.equal(table.column(col), value)
+            mask = m if mask is None else pc.and_(mask, m)
+        return table.filter(mask).to_pylist()[0]
+
+    picks = {
+        "mqp_dev": first(mqp, split="dev")["sentence1"],
+        "mqp_test": first(mqp, split="test")["sentence2"],
+        "query_dev": first(ret, record="query", split="dev")["text"],
+        "query_test": first(ret, record="query", split="test")["text"],
+        "doc": first(ret, record="doc")["text"],
+    }
+    return evals, picks
+
+
+def test_domain_eval_sets_decontaminate_per_set(data_root):
+    evals, p = _domain_evals(data_root)
+    s = real_sentences(data_root, 3)
+    texts = [s[0], p["mqp_dev"], p["mqp_test"].upper(), s[1], p["query_dev"], p["query_test"], p["doc"], s[2]]
+    res = deduplicate({"c": ("corpus", corpus_table(texts))}, evals, CFG)
+    # documents of a retrieval set are not evaluation text (a transductive corpus may hold them)
+    assert res.keep["c"].tolist() == [True, False, False, True, False, False, True, True]
+    dec = res.metrics["decontamination"]
+    assert dec["by_eval_set"] == {"mqp/dev": 1, "mqp/test": 1,
+                                  "pubmedqa_conclusion/dev": 1, "pubmedqa_conclusion/test": 1}
+    assert "pubmedqa_conclusion/dev" in dec["eval_sets"] and "mqp/test" in dec["eval_sets"]
+    assert set(res.audit["reason"]) == {CONTAMINATION_EXACT}
+    row = res.audit.set_index("row").loc[4]
+    assert row["matched_source"] == "pubmedqa_conclusion" and row["matched_field"] == "text"
+
+
+def _text_pairs_table(pairs):
+    import pyarrow as pa
+
+    from simcse_ops.schemas import TEXT_PAIRS
+
+    return pa.table({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs],
+                     "doc": ["d"] * len(pairs), "file": ["x.json"] * len(pairs),
+                     "line": list(range(1, len(pairs) + 1))}, schema=TEXT_PAIRS)
+
+
+def test_text_pairs_near_duplicates_need_both_sides_near(data_root):
+    s = real_sentences(data_root, 12)
+    abstract = " ".join(s[:8])
+    rest = [" ".join(x for j, x in enumerate(s[:8]) if j != i) for i in range(8)]
+    long_edit = abstract.split()
+    long_edit.insert(len(long_edit) // 2, "indeed")
+    pairs = [(s[i], rest[i]) for i in range(4)]       # sentence -> rest of its abstract: all kept
+    pairs += [(s[8], abstract), (s[8], s[9])]         # same anchor, different positives: kept
+    pairs += [(s[8] + " ", " ".join(long_edit))]      # both sides near row 4: near duplicate
+    pairs += [(s[10], s[11]), (s[10].upper(), s[11])]  # exact duplicate pair
+    pairs += [(s[11], "A woman is slicing an onion.")]  # positive is an evaluation sentence
+    res = deduplicate({"tp": ("text_pairs", _text_pairs_table(pairs))}, _evals(), CFG)
+    assert res.keep["tp"].tolist() == [True] * 6 + [False, True, False, False]
+    audit = res.audit.set_index("row")
+    assert audit.loc[6, "reason"] == NEAR_DUPLICATE and audit.loc[6, "matched_line"] == 5
+    assert audit.loc[8, "reason"] == EXACT_DUPLICATE
+    assert audit.loc[9, "reason"] == CONTAMINATION_EXACT and audit.loc[9, "field"] == "positive"
+    assert res.metrics["decontamination"]["by_eval_set"] == {"evalset": 1}

@@ -137,3 +137,52 @@ def test_split_without_expected_row_count_says_where_to_add_it(sents):
     summary = validate_batches([_batch("sts", table, "sts/dev", score_min=0.0, score_max=5.0, row_count=-1)], CFG)
     (f,) = [f for f in summary["_failures"] if f["check"] == "row_counts"]
     assert "validate.sts.row_counts.expected.sts" in f["expected"] and f["observed"] == "4"
+
+
+# -- domain kinds: text_pairs (training) and pairs (evaluation) ------------------------------
+
+
+def _domain_table(data_root, fmt, paths, role, **options):
+    from simcse_ops.config import SourceConfig
+    from simcse_ops.readers import load_source
+
+    return load_source("dom", SourceConfig(fmt, role, tuple(paths), options), data_root).table
+
+
+def test_real_pubmedqa_pairs_and_mqp_pass(data_root):
+    pq = ["domain/biomedical/pubmedqa_pqal/ori_pqal*.json"]
+    text_pairs = _domain_table(data_root, "pubmedqa_pairs", pq, "domain", min_words=4)
+    mqp = _domain_table(data_root, "mqp_csv", ["domain/biomedical/mqp/mqp.csv"], "eval-domain")
+    summary = validate_batches([_batch("text_pairs", text_pairs, "pubmedqa_pairs"), _batch("pairs", mqp, "mqp")], CFG)
+    assert summary["success"], summary["_failures"]
+    checks = {e.meta["check"] for e in build_suite("text_pairs", CFG).expectations}
+    assert checks == {"not_null", "not_empty", "row_count", "length_tokens", "nonprintable",
+                      "identical_pairs", "unique"}
+
+
+def test_bad_text_pairs_and_pairs_are_caught(sents):
+    import pyarrow as pa
+
+    from simcse_ops.schemas import PAIRS, TEXT_PAIRS
+
+    pairs = [(sents[k], sents[k + 20]) for k in range(20)]
+    pairs += [(sents[0].upper(), sents[20]), (sents[40], sents[40].lower()), (None, sents[41])]
+    tp = pa.table({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs],
+                   "doc": ["1"] * len(pairs), "file": ["f"] * len(pairs),
+                   "line": list(range(1, len(pairs) + 1))}, schema=TEXT_PAIRS)
+    rows = [("dev", "", sents[k], sents[k + 1], k % 2) for k in range(10)] + [("dev", "", sents[50], sents[51], 2)]
+    pt = pa.table({c: [r[i] for r in rows] for i, c in enumerate(["split", "group", "sentence1", "sentence2", "label"])}
+                  | {"file": ["f"] * len(rows), "line": list(range(1, len(rows) + 1))}, schema=PAIRS)
+    summary = validate_batches([_batch("text_pairs", tp, "tp"), _batch("pairs", pt, "pt")], CFG)
+    assert _failed(summary, "tp") == {"not_null": "critical", "unique": "critical", "identical_pairs": "warning",
+                                      "length_tokens": "warning"}  # the null anchor has 0 tokens
+    assert _failed(summary, "pt") == {"labels": "critical"}
+    f = next(f for f in summary["_failures"] if f["check"] == "labels")
+    assert f["column"] == "label" and "2" in f["observed"]
+
+
+def test_text_pairs_params_section_is_typed():
+    cfg = _build(ValidateConfig, {"text_pairs": {"length_tokens": {"max": 600}}}, "validate", Path("p.yaml"))
+    assert cfg.text_pairs.length_tokens.max == 600
+    with pytest.raises(ConfigError, match="negative"):
+        _build(ValidateConfig, {"text_pairs": {"negative": {}}}, "validate", Path("p.yaml"))

@@ -56,7 +56,18 @@ TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
     "sts": ("sentence1", "sentence2"),
     "seat": ("text",),
     "crows_pairs": ("sent_more", "sent_less"),
+    "pairs": ("sentence1", "sentence2"),
+    "retrieval": ("text",),
+    "text_pairs": ("anchor", "positive"),
 }
+
+# Kinds a training source may have.
+TRAIN_KINDS = ("corpus", "nli", "text_pairs")
+# Kinds whose items are near duplicates only when EVERY side is near (J >= threshold per
+# column, the item's J is the smallest): a text pair's positive is often most of an abstract
+# shared by many pairs of that abstract, so shingles merged over the pair would make all of
+# them "near duplicates" of one another.
+PER_SIDE_NEAR_KINDS = ("text_pairs",)
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -551,6 +562,10 @@ def _eval_sentences(evals: dict[str, tuple[str, pa.Table]]) -> pd.DataFrame:
         cols = TEXT_COLUMNS.get(kind)
         if cols is None:
             raise ValueError(f"evaluation source {name!r}: kind {kind!r} has no text columns")
+        if kind == "retrieval":
+            # Only the queries are evaluation text: documents are unlabelled text a transductive
+            # setup may train on, and qrels carry no text.
+            table = table.filter(pc.equal(table.column("record"), "query"))
         df = table.select([c for c in ("split", "file", "line", *cols) if c in table.column_names]).to_pandas()
         if "split" in df and df["split"].nunique() > 1:
             label = name + "/" + df["split"].astype(str)
@@ -602,8 +617,8 @@ def deduplicate(
     kinds = []
     for name in names:
         kind, _ = train[name]
-        if kind not in ("corpus", "nli"):
-            raise ValueError(f"training source {name!r}: dedup handles corpus and nli, not {kind!r}")
+        if kind not in TRAIN_KINDS:
+            raise ValueError(f"training source {name!r}: dedup handles {', '.join(TRAIN_KINDS)}, not {kind!r}")
         if kind not in kinds:
             kinds.append(kind)
 
@@ -718,9 +733,12 @@ def deduplicate(
         if alive.sum() > 1:
             sets = ShingleSets.from_normalized(
                 [x if x is not None else "" for x in sent_norm], cfg.ngram
-            ).concat_groups(width)
+            )
             keep_pair = None if cfg.across_sources else (lambda i, j: group[i] == group[j])
-            pairs = near_duplicate_pairs(sets, cfg, valid=alive, keep_pair=keep_pair)
+            if kind in PER_SIDE_NEAR_KINDS:
+                pairs = _per_side_near_pairs(sets, width, cfg, alive, keep_pair)
+            else:
+                pairs = near_duplicate_pairs(sets.concat_groups(width), cfg, valid=alive, keep_pair=keep_pair)
             search_stats[f"dedup/{kind}"] = pairs.stats
             near_rm, matched, jac = greedy_near_duplicates(n_items, pairs, kept=alive)
             for k in np.flatnonzero(near_rm):
@@ -783,6 +801,20 @@ def deduplicate(
         "search": search_stats,
     }
     return DedupResult(keep=keep, audit=audit, metrics=metrics)
+
+
+def _per_side_near_pairs(sets: ShingleSets, width: int, cfg: DedupConfig, alive: np.ndarray,
+                         keep_pair) -> NearPairs:
+    """Near-duplicate items of `width` sentences each (item-major `sets`) whose every side is
+    near: candidates from the first side, then J_item = min over sides of J(side) >= threshold."""
+    n_items = len(sets) // width
+    sides = [sets.take(np.arange(n_items, dtype=np.int64) * width + f) for f in range(width)]
+    pairs = near_duplicate_pairs(sides[0], cfg, valid=alive, keep_pair=keep_pair)
+    jac = pairs.jaccard
+    for side in sides[1:]:
+        jac = np.minimum(jac, jaccard_pairs(side, pairs.i, pairs.j))
+    m = jac >= cfg.threshold - 1e-12
+    return NearPairs(pairs.i[m], pairs.j[m], jac[m], {**pairs.stats, "near_pairs": int(m.sum())})
 
 
 def _dup_record(k, m, jac, srcs, src_of, row_of, files, lines, raw, cols) -> dict:

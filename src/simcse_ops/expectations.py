@@ -1,7 +1,8 @@
 """Great Expectations (GX Core 1.x) suites per data kind, and the validate stage's work.
 
 One `ExpectationSuite` per kind: `corpus` (unlabelled sentences), `nli` ((anchor, positive,
-negative) triples) and `sts` (evaluation pairs with gold scores). Values that differ between
+negative) triples), `text_pairs` ((anchor, positive) pairs), `sts` (evaluation pairs with gold
+scores) and `pairs` (evaluation pairs with 0/1 labels). Values that differ between
 sources (score range, exact row counts) are suite parameters (`{"$PARAMETER": ...}`) filled in
 per batch, so each kind keeps a single suite. Every expectation carries
 GX's `severity` (critical | warning, from params.yaml `validate`) and
@@ -125,6 +126,30 @@ class NliSuiteConfig:
 
 
 @dataclass(frozen=True)
+class TextPairsSuiteConfig:
+    """Unlabelled positive pairs (anchor, positive): the NLI checks without a negative."""
+
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    # a positive may be a whole abstract: the upper bound is loose
+    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=512, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)  # anchor == positive
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class PairsSuiteConfig:
+    """Labelled evaluation pairs (sentence1, sentence2, label)."""
+
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    labels: SetRule = SetRule(values=("0", "1"))
+    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
+
+
+@dataclass(frozen=True)
 class StsSuiteConfig:
     not_null: Rule = Rule()
     not_empty: Rule = Rule()
@@ -143,6 +168,8 @@ class ValidateConfig:
     corpus: CorpusSuiteConfig = CorpusSuiteConfig()
     nli: NliSuiteConfig = NliSuiteConfig()
     sts: StsSuiteConfig = StsSuiteConfig()
+    text_pairs: TextPairsSuiteConfig = TextPairsSuiteConfig()
+    pairs: PairsSuiteConfig = PairsSuiteConfig()
 
 
 class ValidationFailed(ValueError):
@@ -192,6 +219,10 @@ def build_suite(kind: str, cfg: ValidateConfig):
         c = cfg.nli
     elif kind == "sts":
         c = cfg.sts
+    elif kind == "text_pairs":
+        c = cfg.text_pairs
+    elif kind == "pairs":
+        c = cfg.pairs
     else:
         raise ValueError(f"validate: no suite for data kind {kind!r}")
 
@@ -199,15 +230,15 @@ def build_suite(kind: str, cfg: ValidateConfig):
         return rule.enabled
 
     if on(c.not_null):
-        for col in cols + (("score",) if kind == "sts" else ()):
+        for col in cols + {"sts": ("score",), "pairs": ("label",)}.get(kind, ()):
             ex.append(E.ExpectColumnValuesToNotBeNull(column=col, **_kw("not_null", c.not_null)))
     if on(c.not_empty):
         for col in cols:
             ex.append(E.ExpectColumnValuesToMatchRegex(column=col, regex=r"\S", **_kw("not_empty", c.not_empty)))
-    if kind in ("corpus", "nli") and on(c.row_count):
+    if kind in ("corpus", "nli", "text_pairs") and on(c.row_count):
         ex.append(E.ExpectTableRowCountToBeBetween(min_value=c.row_count.min, max_value=c.row_count.max,
                                                    **_kw("row_count", c.row_count)))
-    if kind in ("corpus", "nli") and on(c.length_tokens):
+    if kind in ("corpus", "nli", "text_pairs") and on(c.length_tokens):
         r = c.length_tokens
         for col in cols:
             ex.append(E.ExpectColumnValuesToBeBetween(column=f"_tokens_{col}", min_value=r.min, max_value=r.max,
@@ -221,12 +252,15 @@ def build_suite(kind: str, cfg: ValidateConfig):
         r = c.non_latin
         ex.append(E.ExpectColumnValuesToNotMatchRegex(column="text", regex=NON_LATIN_REGEX,
                                                       mostly=1.0 - r.max_share, **_kw("non_latin", r)))
-    if kind in ("corpus", "nli") and on(c.unique):
+    if kind in ("corpus", "nli", "text_pairs") and on(c.unique):
         ex.append(E.ExpectColumnValuesToBeUnique(column="_key", **_kw("unique", c.unique)))
-    if kind in ("nli", "sts") and on(c.identical_pairs):
+    if kind in ("nli", "sts", "text_pairs") and on(c.identical_pairs):
         r = c.identical_pairs
         ex.append(E.ExpectColumnValuesToBeInSet(column="_identical", value_set=[False],
                                                 mostly=1.0 - r.max_share, **_kw("identical_pairs", r)))
+    if kind == "pairs" and on(c.labels):
+        ex.append(E.ExpectColumnValuesToBeInSet(column="label", value_set=[int(v) for v in c.labels.values],
+                                                **_kw("labels", c.labels)))
     if kind == "sts":
         if on(c.splits):
             ex.append(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(c.splits.values),
@@ -248,9 +282,9 @@ def prepare_frame(kind: str, df: pd.DataFrame) -> pd.DataFrame:
     for c in cols:
         df[f"_tokens_{c}"] = df[c].map(lambda s: len(s.split()) if isinstance(s, str) else 0).astype("int64")
     norms = {c: normalize_many(df[c].astype(object).where(df[c].notna(), None).tolist()) for c in cols}
-    if kind in ("corpus", "nli"):
+    if kind in ("corpus", "nli", "text_pairs"):
         df["_key"] = ["\n".join("" if x is None else x for x in row) for row in zip(*(norms[c] for c in cols))]
-    if kind in ("nli", "sts"):
+    if kind in ("nli", "sts", "text_pairs"):
         a, b = norms[cols[0]], norms[cols[1]]
         df["_identical"] = [x is not None and x == y for x, y in zip(a, b)]
     return df

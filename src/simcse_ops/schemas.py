@@ -68,10 +68,61 @@ CROWS_PAIRS = pa.schema(
     ]
 )
 
+# Labelled pair classification (a domain evaluation set such as Medical Question Pairs): label 1
+# when the two sentences mean the same, 0 otherwise. `group` is the unit that must stay on one
+# side of a split (MQP: question_1, which has one similar and one different pair); "" when none.
+PAIRS = pa.schema(
+    [
+        ("split", pa.string()),
+        ("group", pa.string()),
+        ("sentence1", pa.string()),
+        ("sentence2", pa.string()),
+        ("label", pa.int8()),
+        ("file", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
+# Retrieval (BEIR layout) as one long table; `record` says which columns apply:
+#   "query": split (dev/test), id, text
+#   "doc":   id, title, text; split "" (the searched corpus is shared by every split)
+#   "qrel":  split, query_id, doc_id, relevance; id, title and text ""
+# query_id, doc_id and relevance are null on query and doc rows.
+RETRIEVAL = pa.schema(
+    [
+        ("record", pa.string()),
+        ("split", pa.string()),
+        ("id", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("relevance", pa.int64()),
+        ("file", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
+# Unlabelled positive pairs for contrastive training (a question and its abstract, a sentence and
+# the rest of its abstract): the in-batch negatives come from the other rows. `doc` identifies
+# the document the pair was mined from (the PMID).
+TEXT_PAIRS = pa.schema(
+    [
+        ("anchor", pa.string()),
+        ("positive", pa.string()),
+        ("doc", pa.string()),
+        ("file", pa.string()),
+        ("line", pa.int64()),
+    ]
+)
+
 KINDS: dict[str, pa.Schema] = {
     "sts": STS,
     "corpus": CORPUS,
     "nli": NLI,
     "seat": SEAT,
     "crows_pairs": CROWS_PAIRS,
+    "pairs": PAIRS,
+    "retrieval": RETRIEVAL,
+    "text_pairs": TEXT_PAIRS,
 }

@@ -11,20 +11,30 @@ point back at the original record.
 
 from __future__ import annotations
 
+import collections.abc
 import glob
 import inspect
+import types
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from simcse_ops.config import ConfigError, SourceConfig
 from simcse_ops.files import DataError
 from simcse_ops.readers.base import ReadContext
 from simcse_ops.readers.bias import read_crows_pairs_csv, read_seat_json
 from simcse_ops.readers.corpus import read_lines, read_pubmedqa_json, read_wikiextractor
+from simcse_ops.readers.domain import (
+    read_beir,
+    read_mqp_csv,
+    read_pairs_labelled,
+    read_pubmedqa_pairs,
+    read_pubmedqa_retrieval,
+)
 from simcse_ops.readers.nli import read_nli_csv, read_snli_jsonl
 from simcse_ops.readers.sts import read_semeval_sts, read_sick_full, read_sick_semeval, read_stsb_csv
 from simcse_ops.schemas import KINDS
@@ -41,7 +51,15 @@ READERS = {
     "nli_csv": read_nli_csv,
     "seat_json": read_seat_json,
     "crows_pairs_csv": read_crows_pairs_csv,
+    "mqp_csv": read_mqp_csv,
+    "pairs_labelled": read_pairs_labelled,
+    "beir": read_beir,
+    "pubmedqa_retrieval": read_pubmedqa_retrieval,
+    "pubmedqa_pairs": read_pubmedqa_pairs,
 }
+
+# Readers whose `paths` may name folders as well as files (a BEIR dataset is a folder).
+READS_FOLDERS = frozenset({"beir"})
 
 FORMAT_KIND = {
     "semeval_sts": "sts",
@@ -55,6 +73,11 @@ FORMAT_KIND = {
     "nli_csv": "nli",
     "seat_json": "seat",
     "crows_pairs_csv": "crows_pairs",
+    "mqp_csv": "pairs",
+    "pairs_labelled": "pairs",
+    "beir": "retrieval",
+    "pubmedqa_retrieval": "retrieval",
+    "pubmedqa_pairs": "text_pairs",
 }
 
 __all__ = ["FORMAT_KIND", "READERS", "SourceResult", "expand_paths", "load_source", "read_source"]
@@ -79,6 +102,13 @@ class SourceResult:
         if self.kind == "sts":
             out["splits"] = _counts(self.table, "split")
             out["subsets"] = _counts(self.table, "subset")
+        elif self.kind == "pairs":
+            out["splits"] = _counts(self.table, "split")
+            out["labels"] = {str(k): v for k, v in _counts(self.table, "label").items()}
+        elif self.kind == "retrieval":
+            out["records"] = _counts(self.table, "record")
+            out["splits"] = {r: _counts(self.table.filter(pc.equal(self.table.column("record"), r)), "split")
+                             for r in ("query", "qrel")}
         elif self.kind == "seat":
             out["tests"] = len(set(self.table.column("test").to_pylist()))
         elif self.kind == "crows_pairs":
@@ -93,20 +123,25 @@ def _counts(table: pa.Table, column: str) -> dict[str, int]:
     return dict(sorted(Counter(table.column(column).to_pylist()).items()))
 
 
-def expand_paths(name: str, source: SourceConfig, data_root: Path) -> list[Path]:
+def expand_paths(name: str, source: SourceConfig, data_root: Path, folders: bool = False) -> list[Path]:
     """Expand `sources.<name>.paths` (glob patterns allowed) against the data root.
 
     Each pattern's matches are sorted; patterns keep their listed order; a file matched twice is
-    read once. A pattern that matches nothing is an error naming the params key.
+    read once. A pattern that matches nothing is an error naming the params key. Folders match
+    only when `folders` is true (formats in READS_FOLDERS).
     """
     files: list[Path] = []
     seen: set[Path] = set()
+
+    def usable(p: Path) -> bool:
+        return p.is_file() or (folders and p.is_dir())
+
     for i, pattern in enumerate(source.paths):
         full = data_root / pattern
         if glob.has_magic(pattern):
-            matches = sorted(Path(p) for p in glob.glob(str(full)) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(str(full)) if usable(Path(p)))
         else:
-            matches = [full] if full.is_file() else []
+            matches = [full] if usable(full) else []
         if not matches:
             raise FileNotFoundError(
                 f"{full}: no such file (sources.{name}.paths[{i}] = {pattern!r}, data root "
@@ -123,9 +158,35 @@ def expand_paths(name: str, source: SourceConfig, data_root: Path) -> list[Path]
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
+def _value_ok(value, tp) -> tuple[bool, str] | None:
+    """(value has type tp, what tp expects in words); None for a type not checked here."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return value in args, " or ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        if value is None:
+            return True, "null"
+        checked = _value_ok(value, inner)
+        return None if checked is None else (checked[0], f"{checked[1]} or null")
+    if origin in (list, tuple, collections.abc.Sequence) and len(args) == 1:
+        inner = args[0]
+        if typing.get_origin(inner) is not typing.Literal and inner not in _TYPE_NAMES:
+            return None
+        each = [_value_ok(v, inner)[0] for v in value] if isinstance(value, list) else [False]
+        words = (f"one of {', '.join(map(repr, typing.get_args(inner)))}"
+                 if typing.get_origin(inner) is typing.Literal else _TYPE_NAMES[inner])
+        return all(each), f"a list, each item {words}"
+    if tp in (bool, int, float, str):
+        ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
+        ok = ok or (tp is float and isinstance(value, int) and not isinstance(value, bool))
+        return ok, _TYPE_NAMES[tp]
+    return None
+
+
 def _check_options(name: str, source: SourceConfig, reader) -> None:
     """Every `sources.<name>.options` key must be a keyword of the reader, with a value of the
-    keyword's type (or one of its Literal values)."""
+    keyword's type (or one of its Literal values; lists of them; null where the type allows)."""
     allowed = list(inspect.signature(reader).parameters)[2:]
     unknown = sorted(set(source.options) - set(allowed))
     if unknown:
@@ -135,17 +196,9 @@ def _check_options(name: str, source: SourceConfig, reader) -> None:
         )
     hints = typing.get_type_hints(reader)
     for key, value in source.options.items():
-        tp = hints.get(key)
-        if typing.get_origin(tp) is typing.Literal:
-            ok, expected = value in typing.get_args(tp), " or ".join(map(repr, typing.get_args(tp)))
-        elif tp in (bool, int, float, str):
-            ok = isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))
-            ok = ok or (tp is float and isinstance(value, int) and not isinstance(value, bool))
-            expected = _TYPE_NAMES[tp]
-        else:
-            continue
-        if not ok:
-            raise ConfigError(f"sources.{name}.options.{key}: expected {expected}, got {value!r}")
+        checked = _value_ok(value, hints.get(key))
+        if checked is not None and not checked[0]:
+            raise ConfigError(f"sources.{name}.options.{key}: expected {checked[1]}, got {value!r}")
 
 
 def load_source(
@@ -165,7 +218,7 @@ def load_source(
     reader = READERS[source.format]
     _check_options(name, source, reader)
     data_root = Path(data_root)
-    files = expand_paths(name, source, data_root)
+    files = expand_paths(name, source, data_root, folders=source.format in READS_FOLDERS)
     kind = FORMAT_KIND[source.format]
     schema = KINDS[kind]
     ctx = ReadContext(source=name, data_root=data_root, max_bad_fraction=max_bad_fraction)

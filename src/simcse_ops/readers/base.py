@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -51,6 +52,16 @@ class ReadContext:
             return path.resolve().relative_to(self.data_root.resolve()).as_posix()
         except ValueError:
             return path.as_posix()
+
+    def data_path(self, rel: str, option: str) -> Path:
+        """A file named by `sources.<source>.options.<option>`, relative to the data root."""
+        path = self.data_root / rel
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no such file (sources.{self.source}.options.{option} = {rel!r}, data root "
+                f"{self.data_root}); fix sources.{self.source}.options.{option} in params.yaml"
+            )
+        return path
 
     def bad(self, err: DataError) -> None:
         """A malformed record: raise when no bad records are allowed, else count and skip it."""
@@ -150,6 +161,21 @@ def parse_score(
     return value
 
 
+def seeded_fraction(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (`seed`, `key`): the first 8 bytes of SHA-256 of "seed:key"
+    over 2^64. Stable across processes and Python versions (unlike `hash`), so a split drawn
+    with it never changes between runs."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def check_fraction(value: float, ctx: ReadContext, option: str) -> None:
+    from simcse_ops.config import ConfigError
+
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"sources.{ctx.source}.options.{option}: expected a number in [0, 1], got {value!r}")
+
+
 def check_fields(fields: list[str], allowed: tuple[int, ...], path: Path, line: int, layout: str) -> None:
     if len(fields) not in allowed:
         counts = " or ".join(map(str, allowed))
@@ -193,34 +219,45 @@ class JsonStringLines:
         return default
 
 
+def csv_fields(path: Path, lines: list) -> Iterator[tuple[int, list[str]]]:
+    """(line, fields) of each comma-separated, double-quoted CSV record in decoded `lines`,
+    where `line` is the line the record starts on (a quoted field may span lines). Malformed
+    quoting raises DataError naming the line."""
+    text = "".join(ln.text + "\n" for ln in lines)
+    numbers = [ln.number for ln in lines]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 0  # physical lines consumed so far
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(path, numbers[min(start, len(numbers) - 1)], f"malformed CSV ({e})",
+                            "comma-separated fields, double-quoted when they hold commas or quotes") from None
+        line = numbers[start]
+        start = reader.line_num
+        yield line, fields
+
+
 def csv_records(path: Path, ctx: ReadContext, lines: list, header: list[str], make_row,
                  exact_header: bool = True) -> Iterator[dict]:
     """Parse comma-separated, double-quoted CSV from decoded lines, tracking the line each
     record starts on. `make_row(path, line, {column: value})` builds the row or raises DataError."""
     if not lines or lines[0].number != 1:
         raise DataError(path, 1, "no readable header line", "the header " + ",".join(header))
-    text = "".join(ln.text + "\n" for ln in lines)
-    numbers = [ln.number for ln in lines]
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records = csv_fields(path, lines)
     try:
-        names = next(reader)
-    except csv.Error as e:
-        raise DataError(path, 1, f"an unparsable header ({e})", ",".join(header)) from None
+        _, names = next(records)
+    except DataError as e:
+        raise DataError(path, 1, f"an unparsable header ({e.found})", ",".join(header)) from None
+    except StopIteration:
+        names = []
     if (names != header) if exact_header else any(c not in names for c in header):
         raise DataError(path, 1, f"header {','.join(names)!r}",
                         ("the header " if exact_header else "a header with the columns ") + ",".join(header))
     rel = ctx.rel(path)
-    start = reader.line_num  # physical lines consumed so far
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise DataError(path, numbers[min(start, len(numbers) - 1)], f"malformed CSV ({e})",
-                            "comma-separated fields, double-quoted when they hold commas or quotes") from None
-        line = numbers[start]
-        start = reader.line_num
+    for line, fields in records:
         if fields == [] or fields == [""]:
             ctx.stats["blank_lines"] += 1
             continue

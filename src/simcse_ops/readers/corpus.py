@@ -7,11 +7,21 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from simcse_ops.files import DataError
-from simcse_ops.readers.base import JsonStringLines, ReadContext, decode_text, iter_lines, read_bytes
+from simcse_ops.readers.base import (
+    JsonStringLines,
+    ReadContext,
+    check_fraction,
+    decode_text,
+    iter_lines,
+    read_bytes,
+    seeded_fraction,
+)
 from simcse_ops.readers.sentences import Splitter, get_splitter
 
 
@@ -151,51 +161,180 @@ def _wiki_doc(path, ctx, doc_id, body, min_words, max_heading_words, split) -> I
 # ---------------------------------------------------------------------------------------------
 # PubMedQA
 
+PubMedQASplit = Literal["train", "dev", "test"]
+PUBMEDQA_SPLITS: tuple[str, ...] = ("train", "dev", "test")
+PUBMEDQA_TEST_PMIDS = "domain/biomedical/pubmedqa_pqal/test_ground_truth.json"
+
+
+def pubmedqa_split(pmid: str, test_pmids: Collection[str], dev_fraction: float, seed: int) -> str:
+    """The split of a PubMedQA PMID, the one rule every PubMedQA reader uses: "test" for the
+    official test PMIDs, else "dev" when seeded_fraction(pmid, seed) < dev_fraction, else
+    "train"."""
+    if pmid in test_pmids:
+        return "test"
+    return "dev" if seeded_fraction(pmid, seed) < dev_fraction else "train"
+
+
+def load_test_pmids(ctx: ReadContext, rel: str) -> frozenset[str]:
+    """The official test PMIDs: `test_ground_truth.json` ({pmid: label}) or a JSON list of PMIDs,
+    read from the data root (`sources.<name>.options.test_pmids`)."""
+    path = ctx.data_path(rel, "test_pmids")
+    text = decode_text(path, read_bytes(path, ctx))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"invalid JSON ({e.msg}, column {e.colno})",
+                        "a JSON object keyed by PMID (test_ground_truth.json) or a list of PMIDs") from e
+    if isinstance(data, dict):
+        pmids = list(data)
+    elif isinstance(data, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in data):
+        pmids = [str(x) for x in data]
+    else:
+        raise DataError(path, 1, f"a JSON {type(data).__name__}",
+                        "a JSON object keyed by PMID (test_ground_truth.json) or a list of PMIDs")
+    if not pmids:
+        raise DataError(path, 1, "no PMIDs", "at least one test PMID",
+                        f"fix sources.{ctx.source}.options.test_pmids")
+    return frozenset(pmids)
+
+
+class PubMedQASplits:
+    """The split options shared by the PubMedQA readers, checked once: `splits` kept (None:
+    every PMID), the test PMIDs (read only when a split is needed) and the dev/train hash."""
+
+    def __init__(self, ctx: ReadContext, splits: Sequence[str] | None, test_pmids: str,
+                 dev_fraction: float, seed: int, always: bool = False) -> None:
+        from simcse_ops.config import ConfigError
+
+        check_fraction(dev_fraction, ctx, "dev_fraction")
+        if splits is not None and not splits:
+            raise ConfigError(f"sources.{ctx.source}.options.splits: expected at least one of "
+                              f"{', '.join(PUBMEDQA_SPLITS)} (or null for every PMID), got []")
+        self.ctx, self.dev_fraction, self.seed = ctx, dev_fraction, seed
+        self.keep = None if splits is None else frozenset(splits)
+        self.test = load_test_pmids(ctx, test_pmids) if (always or splits is not None) else frozenset()
+        self.seen: set[str] = set()
+
+    def of(self, pmid: str) -> str:
+        return pubmedqa_split(pmid, self.test, self.dev_fraction, self.seed)
+
+    def admit(self, pmid: str) -> str | None:
+        """The PMID's split if it is kept (counted as docs_<split>), else None (counted as
+        docs_skipped_<split>)."""
+        self.seen.add(pmid)
+        split = self.of(pmid)
+        if self.keep is not None and split not in self.keep:
+            self.ctx.stats[f"docs_skipped_{split}"] += 1
+            return None
+        if self.keep is not None:
+            self.ctx.stats[f"docs_{split}"] += 1
+        return split
+
+    def finish(self) -> None:
+        """Count the test PMIDs that no file held (a wrong test file shows up here)."""
+        if self.test:
+            self.ctx.stats["test_pmids_not_found"] += len(self.test - self.seen)
+
+
+@dataclass
+class PubMedQARecord:
+    """One validated PubMedQA abstract; `paragraphs` are CONTEXTS then LONG_ANSWER in file order
+    with their lines."""
+
+    pmid: str
+    line: int
+    question: str | None
+    question_line: int
+    contexts: list[str]
+    answer: str
+    answer_line: int
+    context_lines: list[int]
+    paragraphs: list[tuple[str, int]]
+
+
+def iter_pubmedqa(path: Path, ctx: ReadContext, need_question: bool = False) -> Iterator[PubMedQARecord]:
+    """The records of one PubMedQA file (`ori_pqal.json`: one JSON object keyed by PMID, each
+    with `QUESTION`, `CONTEXTS` (the abstract's section paragraphs) and `LONG_ANSWER` (its
+    conclusion)); a malformed record is a bad record (`ctx.bad`)."""
+    text = decode_text(path, read_bytes(path, ctx))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, f"invalid JSON ({e.msg}, column {e.colno})",
+                        "one JSON object keyed by PMID") from e
+    if not isinstance(data, dict):
+        raise DataError(path, 1, f"a JSON {type(data).__name__}", "one JSON object keyed by PMID")
+    where = JsonStringLines(text)
+    for pmid, record in data.items():
+        line = where.find(pmid, default=0)
+        try:
+            if not isinstance(record, dict):
+                raise DataError(path, line, f"PMID {pmid}: a JSON {type(record).__name__}",
+                                "an object with CONTEXTS and LONG_ANSWER")
+            contexts, answer = record.get("CONTEXTS"), record.get("LONG_ANSWER")
+            question = record.get("QUESTION")
+            if not (isinstance(contexts, list) and all(isinstance(c, str) for c in contexts)):
+                raise DataError(path, line, f"PMID {pmid}: CONTEXTS = {contexts!r:.60}",
+                                "a list of strings")
+            if not isinstance(answer, str):
+                raise DataError(path, line, f"PMID {pmid}: LONG_ANSWER = {answer!r:.60}",
+                                "a string")
+            if need_question and not (isinstance(question, str) and question.strip()):
+                raise DataError(path, line, f"PMID {pmid}: QUESTION = {question!r:.60}",
+                                "a non-empty string")
+        except DataError as e:
+            ctx.bad(e)
+            continue
+        # in file order, so that the line lookup only moves forward
+        q_line, a_line, c_lines, paragraphs = line, line, [], []
+        for key in record:
+            if key == "QUESTION" and need_question:
+                q_line = where.find(question, default=line)
+            elif key == "CONTEXTS":
+                c_lines = [where.find(c, default=line) for c in contexts]
+                paragraphs += list(zip(contexts, c_lines))
+            elif key == "LONG_ANSWER":
+                a_line = where.find(answer, default=line)
+                paragraphs.append((answer, a_line))
+        yield PubMedQARecord(str(pmid), line, question.strip() if need_question else None, q_line,
+                             contexts, answer, a_line, c_lines, paragraphs)
+
+
+def clean_paragraph(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
 
 def read_pubmedqa_json(
-    files: Sequence[Path], ctx: ReadContext, min_words: int = 1, splitter: Splitter = "rules"
+    files: Sequence[Path],
+    ctx: ReadContext,
+    min_words: int = 1,
+    splitter: Splitter = "rules",
+    splits: list[PubMedQASplit] | None = None,
+    test_pmids: str = PUBMEDQA_TEST_PMIDS,
+    dev_fraction: float = 0.5,
+    seed: int = 0,
 ) -> Iterator[dict]:
-    """PubMedQA (`ori_pqal.json`): one JSON object keyed by PMID, each with `CONTEXTS` (the
-    abstract's section paragraphs) and `LONG_ANSWER` (its conclusion). Both are split into
+    """PubMedQA (`ori_pqal.json`): `CONTEXTS` and `LONG_ANSWER` of each abstract are split into
     sentences; sentences with fewer than `min_words` words are dropped (counted). `doc` is the
     PMID, `line` the line of the paragraph in the file.
+
+    `splits`: read only the PMIDs whose `pubmedqa_split` is listed (the others are counted as
+    docs_skipped_<split>): [train] is the inductive setting that never sees a dev or test
+    abstract; None reads every PMID (transductive). `test_pmids` (a file under the data root),
+    `dev_fraction` and `seed` define the split as in every PubMedQA reader.
     """
     split = get_splitter(splitter)
+    chooser = PubMedQASplits(ctx, splits, test_pmids, dev_fraction, seed)
     for path in files:
-        text = decode_text(path, read_bytes(path, ctx))
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, f"invalid JSON ({e.msg}, column {e.colno})",
-                            "one JSON object keyed by PMID") from e
-        if not isinstance(data, dict):
-            raise DataError(path, 1, f"a JSON {type(data).__name__}", "one JSON object keyed by PMID")
-        where = JsonStringLines(text)
         rel = ctx.rel(path)
-        for pmid, record in data.items():
-            line = where.find(pmid, default=0)
-            try:
-                if not isinstance(record, dict):
-                    raise DataError(path, line, f"PMID {pmid}: a JSON {type(record).__name__}",
-                                    "an object with CONTEXTS and LONG_ANSWER")
-                contexts, answer = record.get("CONTEXTS"), record.get("LONG_ANSWER")
-                if not (isinstance(contexts, list) and all(isinstance(c, str) for c in contexts)):
-                    raise DataError(path, line, f"PMID {pmid}: CONTEXTS = {contexts!r:.60}",
-                                    "a list of strings")
-                if not isinstance(answer, str):
-                    raise DataError(path, line, f"PMID {pmid}: LONG_ANSWER = {answer!r:.60}",
-                                    "a string")
-            except DataError as e:
-                ctx.bad(e)
+        for rec in iter_pubmedqa(path, ctx):
+            if chooser.admit(rec.pmid) is None:
                 continue
             ctx.stats["docs"] += 1
-            # in file order, so that the line lookup only moves forward
-            keys = [k for k in record if k in ("CONTEXTS", "LONG_ANSWER")]
-            paragraphs = [p for k in keys for p in (contexts if k == "CONTEXTS" else [answer])]
-            for paragraph in paragraphs:
-                p_line = where.find(paragraph, default=line)
-                for sentence in split(_SPACES.sub(" ", paragraph).strip()):
+            for paragraph, p_line in rec.paragraphs:
+                for sentence in split(clean_paragraph(paragraph)):
                     if len(sentence.split()) < min_words:
                         ctx.stats["short_sentences"] += 1
                         continue
-                    yield {"text": sentence, "doc": str(pmid), "file": rel, "line": p_line}
+                    yield {"text": sentence, "doc": rec.pmid, "file": rel, "line": p_line}
+    chooser.finish()
