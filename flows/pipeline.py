@@ -212,6 +212,29 @@ def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def domain_rows(workspace: Path, variant: str, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per domain task of `variant`: BM25, base, champion (as the gate saw it) and the
+    challenger, each "value [low, high]"; [] for a variant without domain tasks."""
+    path = workspace / "metrics" / variant / "domain.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    gated = (decision or {}).get("domain") or {}
+    rows = []
+    for task, t in summary.get("tasks", {}).items():
+        m = t["metric"]
+
+        def cell(model: str) -> str | None:
+            r = t["results"].get(model)
+            return None if r is None else f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]"
+
+        champ = (gated.get(task) or {}).get("champion")
+        rows.append({"task": task + (" (primary)" if task == summary.get("primary") else ""), "metric": m,
+                     "n": t["n"], "bm25": cell("bm25"), "base": cell("base"),
+                     "champion": None if champ is None else f"{champ:.2f}", "challenger": cell(variant)})
+    return rows
+
+
 def read_registry(workspace: Path, variant: str) -> dict[str, Any] | None:
     path = workspace / "metrics" / variant / "registry.json"
     if not path.is_file():
@@ -235,6 +258,14 @@ def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], 
         )
     for v in variants:
         decision = read_registry(workspace, v)
+        table = domain_rows(workspace, v, decision)
+        if table:
+            create_table_artifact(
+                table=table, key=artifact_key(key_prefix, v, "domain"),
+                description=f"{v} on its domain tasks (headline metric x100, bootstrap intervals) beside "
+                            f"BM25, the base encoder and the champion it was gated against "
+                            f"(metrics/{v}/domain.json, metrics/{v}/registry.json)",
+            )
         if decision is None:
             logger.info("%s: no metrics/%s/registry.json (variant not registered)", v, v)
             continue

@@ -1,7 +1,8 @@
 """Prefect flow `retrain-domain`: retrain one domain variant on its (possibly grown) corpus.
 
-A domain variant is a variant of params.yaml whose training corpus consists of `role: domain`
-sources only (`biomed` trains on `pubmedqa`). Its source paths are glob patterns under
+A domain variant (`Params.domain_variants`) trains and lists `domain_tasks` or trains on
+`role: domain` sources only (`biomed` trains on `pubmedqa` and is judged on PubMedQA retrieval
+and Medical Question Pairs). Its source paths are glob patterns under
 `data.root` (`domain/biomedical/pubmedqa_pqal/ori_pqal*.json`), and the `ingest` stage depends on
 `${data.root}/domain`: a new file dropped into the folder changes that dependency, so DVC re-runs
 ingest and everything downstream of it. The flow runs the same stage tasks as `simcse-pipeline`,
@@ -37,18 +38,14 @@ from simcse_ops.registry import register_config
 
 
 def domain_variants(params: Params) -> dict[str, tuple[str, ...]]:
-    """Domain variants and their corpus sources: variants trained only on `role: domain` sources."""
-    out = {}
-    for name, v in params.variants.items():
-        if v.corpus and all(params.sources[s].role == "domain" for s in v.corpus):
-            out[name] = v.corpus
-    return out
+    """Domain variants (`Params.domain_variants`) and their corpus sources."""
+    return {name: v.corpus for name, v in params.domain_variants().items()}
 
 
 def check_domain(params: Params, domain: str) -> tuple[str, ...]:
     domains = domain_variants(params)
     if domain not in domains:
-        known = ", ".join(sorted(domains)) or "none (no variant trains on role: domain sources)"
+        known = ", ".join(sorted(domains)) or "none (no trained variant lists domain_tasks or trains on role: domain sources)"
         raise ConfigError(f"{params.path}: unknown domain {domain!r}; known domains: {known}")
     return domains[domain]
 

@@ -1,4 +1,7 @@
-"""DVC stage `evaluate@<variant>`: the 7 STS tasks -> metrics/<variant>/sts.json + bar plot CSV."""
+"""DVC stage `evaluate@<variant>`: the 7 STS tasks -> metrics/<variant>/sts.json + bar plot CSV;
+the variant's domain tasks (with the base encoder and BM25 scored in the same run) ->
+metrics/<variant>/domain.json, domain_items.json (per query / pair, for the gate) and
+domain_tasks.csv (bar plot). A variant without domain tasks writes them empty."""
 
 from __future__ import annotations
 
@@ -9,8 +12,35 @@ import os
 from pathlib import Path
 
 from simcse_ops.config import load_params
-from simcse_ops.evaluation import evaluate_model
+from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
 from simcse_ops.files import atomic_path, write_json
+
+
+def write_csv(path: Path, header: list[str], rows: list) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def run_domain(params, variant: str, model: str, baseline: str | None, baseline_model: str | None,
+               data: Path, out: Path) -> None:
+    """Score the variant's domain tasks and write domain.json, domain_items.json, domain_tasks.csv."""
+    v = params.variant(variant)
+    if v.domain_tasks:
+        models = {"base": model} if variant == baseline else {variant: model, "base": baseline_model}
+        summary, items = evaluate_domain(params, variant, models, data)
+    else:
+        summary = {"variant": variant, "primary": None, "models": [], "tasks": {}}
+        items = {"tasks": {}}
+    write_json(out / "domain_items.json", items)
+    write_json(out / "domain.json", summary)
+    write_csv(out / "domain_tasks.csv", ["task", "model", "value"], domain_plot_rows(summary))
+    for t, task in summary["tasks"].items():
+        cells = "  ".join(f"{m} {r['metrics'][task['metric']]:.2f}" for m, r in task["results"].items())
+        print(f"evaluate@{variant}: {t} ({task['metric']}, n={task['n']}): {cells}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,22 +50,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, required=True, help="folder of ingested Parquet files")
     ap.add_argument("--model", required=True, help="model folder (models/<variant>)")
     ap.add_argument("--out", type=Path, required=True, help="metrics folder (metrics/<variant>)")
+    ap.add_argument("--baseline", default=None, help="the reference variant (register.base_variant)")
+    ap.add_argument("--baseline-model", default=None,
+                    help="its model folder (models/base), scored beside a domain variant on its tasks")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     params = load_params(args.params)
     params.variant(args.variant)  # unknown variant -> error listing the known ones
+    if params.variant(args.variant).domain_tasks and args.variant != args.baseline and not args.baseline_model:
+        ap.error("a domain variant needs --baseline and --baseline-model (models/base)")
     result = evaluate_model(params, args.model, args.data)
     result = {**result, "variant": args.variant}
     write_json(args.out / "sts.json", result)
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["task", "spearman"])
-    for task in [*params.evaluate.tasks, "avg"]:
-        w.writerow([task, result[task]])
-    with atomic_path(args.out / "sts_tasks.csv") as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    write_csv(args.out / "sts_tasks.csv", ["task", "spearman"],
+              [[t, result[t]] for t in [*params.evaluate.tasks, "avg"]])
+    run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data, args.out)
 
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])
     print(f"evaluate@{args.variant}: {table}  ({result['timing']['total_s']:.0f} s)")

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", type=Path, required=True, help="folder with sts.json and bias.json")
     ap.add_argument("--base-metrics", type=Path, default=None,
                     help="metrics of the reference variant (metrics/base): a first version must beat it")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="ingested data (data/ingested): re-score a champion with no comparable domain results")
     ap.add_argument("--out", type=Path, required=True, help="registry.json to write")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"register@{args.variant}: MLflow store {uri}")
     try:
         result = register_variant(
-            args.variant, args.model, args.metrics, params, root, base_metrics_dir=args.base_metrics
+            args.variant, args.model, args.metrics, params, root, base_metrics_dir=args.base_metrics,
+            data_dir=args.data,
         )
     except (RegistryError, tracking.TrackingUnavailable) as e:
         print(f"register@{args.variant}: error: {e}", file=sys.stderr)

@@ -48,6 +48,31 @@ def write_metrics(folder: Path, tasks: list[str], scores: dict[str, float] | flo
     return folder
 
 
+def write_domain(folder: Path, variant: str, values, base_values, task: str = "pubmedqa_conclusion",
+                 metric: str = "ndcg@10") -> Path:
+    """domain.json and domain_items.json as the evaluate stage writes them: per-query values of
+    `variant` and of the base encoder on one retrieval task (the variant's primary)."""
+    import numpy as np
+
+    def entry(v):
+        v = np.asarray(v, dtype=float)
+        m = round(float(v.mean() * 100), 4)
+        return {"metrics": {metric: m}, "ci": {metric: [m - 1.0, m + 1.0]}, "timing": {}}
+
+    ids = [f"q{i}" for i in range(len(values))]
+    summary = {"variant": variant, "primary": task, "models": [variant, "base", "bm25"],
+               "tasks": {task: {"kind": "retrieval", "source": task, "split": "test", "metric": metric,
+                                "n": len(ids), "results": {variant: entry(values), "base": entry(base_values)},
+                                "vs_base": {}}},
+               "bootstrap": {"n_resamples": 1000, "confidence": 0.95, "seed": 0}}
+    items = {"tasks": {task: {variant: {"id": ids, metric: [float(x) for x in values]},
+                              "base": {"id": ids, metric: [float(x) for x in base_values]}}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "domain.json").write_text(json.dumps(summary), encoding="utf-8")
+    (folder / "domain_items.json").write_text(json.dumps(items), encoding="utf-8")
+    return folder
+
+
 def export_st(src: Path | str, out: Path) -> Path:
     """A sentence-transformers folder of `src` (mean pooling), as models/<variant>/ holds."""
     from simcse_ops.encoder import load_sentence_transformer

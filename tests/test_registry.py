@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from simcse_ops import registry, tracking
-from simcse_ops.registry import RegisterConfig, Scores, decide
-from tests.registry_support import export_st, make_project, tracking_env, write_metrics
+from simcse_ops.gate import DomainScore, Scores
+from tests.registry_support import export_st, make_project, tracking_env, write_domain, write_metrics
 
 TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
 
@@ -24,72 +24,16 @@ def scores(avg: float, bias_mean: float = 0.3, n_sig: int = 2, **task: float) ->
     return Scores(sts, {"mean_abs_effect_size": bias_mean, "n_significant": n_sig, "n_tests": 5})
 
 
-@pytest.fixture(scope="module")
-def bias_cfg(params):
-    from simcse_ops.bias import load_bias_config
-
-    return load_bias_config(params)
-
-
-CFG = RegisterConfig(epsilon=0.5, delta=1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# The gate
-
-
-def test_epsilon_is_the_largest_allowed_average_drop(bias_cfg):
-    champ = scores(80.0)
-    assert decide(scores(79.5), champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
-    d = decide(scores(79.4), champ, "champion v1", None, TASKS, CFG, bias_cfg)
-    assert not d.promote
-    assert any(r.startswith("fail: avg 79.40 vs champion v1 80.00") for r in d.reasons)
-
-
-def test_delta_bounds_every_task(bias_cfg):
-    champ = scores(80.0)
-    # higher average, but SICK-R drops by 1.5 > delta
-    chal = scores(82.0, sickr=78.5)
-    d = decide(chal, champ, "champion v1", None, TASKS, CFG, bias_cfg)
-    assert not d.promote
-    assert [r for r in d.reasons if r.startswith("fail")] == [
-        "fail: sickr 78.50 vs champion v1 80.00 (drop 1.50 > delta 1.0)"
-    ]
-    assert decide(scores(82.0, sickr=79.0), champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
-
-
-def test_bias_criterion_blocks_a_more_biased_challenger(bias_cfg):
-    champ = scores(80.0, bias_mean=0.30, n_sig=1)
-    worse = scores(85.0, bias_mean=0.30 + bias_cfg.gate.max_mean_abs_effect_size_increase + 0.01, n_sig=1)
-    d = decide(worse, champ, "champion v1", None, TASKS, CFG, bias_cfg)
-    assert not d.promote and any(r.startswith(("fail: bias", "bias fail")) for r in d.reasons)
-    more_sig = scores(85.0, bias_mean=0.30, n_sig=1 + bias_cfg.gate.max_n_significant_increase + 1)
-    assert not decide(more_sig, champ, "champion v1", None, TASKS, CFG, bias_cfg).promote
-    off = dataclasses.replace(CFG, bias_gate=False)
-    assert decide(worse, champ, "champion v1", None, TASKS, off, None).promote
-
-
-def test_first_version_must_beat_base(bias_cfg):
-    base = scores(75.0)
-    assert decide(scores(75.1), None, "none", base, TASKS, CFG, bias_cfg).promote
-    d = decide(scores(75.0), None, "none", base, TASKS, CFG, bias_cfg)
-    assert not d.promote and d.compared_to == "base"
-    assert not decide(scores(80.0), None, "none", None, TASKS, CFG, bias_cfg).promote
-    # the base variant is the reference itself
-    assert decide(base, None, "none", None, TASKS, CFG, bias_cfg, is_base_variant=True).promote
-
-
-def test_champion_without_scores_is_not_comparable(bias_cfg):
-    partial = Scores({"avg": 70.0}, None)
-    d = decide(scores(90.0), partial, "champion v1", None, TASKS, CFG, bias_cfg)
-    assert not d.promote and "not comparable" in d.reasons[0]
+# The gate itself is tested in tests/test_gate.py.
 
 
 def test_scores_round_trip_through_tags():
     s = scores(77.0, sts12=70.0)
+    s = dataclasses.replace(s, domain={"mqp": DomainScore("ap", 81.23456, (79.1, 83.2))})
     back = registry.scores_from_tags(registry.score_tags(s), TASKS)
     assert back.sts == pytest.approx(s.sts, abs=1e-4)
     assert back.bias == s.bias
+    assert back.domain["mqp"].metric == "ap" and back.domain["mqp"].value == pytest.approx(81.2346)
 
 
 def test_load_scores_names_the_missing_task(tmp_path):
@@ -132,9 +76,11 @@ def _params(params_path: Path, prefix: str):
     return dataclasses.replace(p, extra={**p.extra, "register": reg})
 
 
-def _register(project, prefix, variant, metrics, tag):
+def _register(project, prefix, variant, metrics, tag, domain=None):
     root, params_path, model = project
     mdir = write_metrics(root / "metrics" / f"{prefix}{tag}", TASKS, **metrics)
+    if domain is not None:  # (the variant's per-query values, the base encoder's)
+        write_domain(mdir, variant, *domain)
     return registry.register_variant(variant, model, mdir, _params(params_path, prefix), root,
                                      base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
 
@@ -249,16 +195,24 @@ def test_cli_promote_and_rollback(project, capsys, monkeypatch):
 
     root, params_path, _ = project
     # the CLI reads the project's params: use the default prefix with a variant of its own
-    first = _register(project, "simcse-", "biomed", {"scores": 74.0}, "bio1")  # below base 75
+    # biomed is a domain variant: judged on its primary task (per-query nDCG@10 values here)
+    base = np.random.default_rng(0).uniform(0.4, 0.9, size=200)
+    first = _register(project, "simcse-", "biomed", {"scores": 75.0}, "bio1", domain=(base - 0.03, base))
     assert not first["promoted"] and first["champion"] is None
+    assert first["reasons"][0].startswith("fail: domain: pubmedqa_conclusion ndcg@10")
     monkeypatch.setenv("SIMCSE_OPS_USER", "alice")
-    assert cli(["promote", "biomed", "--params", str(params_path)]) == 1
+    assert cli(["promote", "biomed", "--params", str(params_path),
+                "--base-metrics", str(root / "metrics" / "base")]) == 1
     assert "fails the gate against base" in capsys.readouterr().err
     assert cli(["promote", "biomed", "--params", str(params_path), "--force", "--reason", "domain beats base on PubMed STS"]) == 0
     client = _client()
     assert str(client.get_model_version_by_alias("simcse-biomed", "champion").version) == "1"
-    second = _register(project, "simcse-", "biomed", {"scores": 76.0}, "bio2")
-    assert second["promoted"] and second["version"] == 2
+    # the champion's per-query results come back from its run's artifacts for the paired test
+    second = _register(project, "simcse-", "biomed", {"scores": 74.8}, "bio2", domain=(base + 0.02, base))
+    assert second["promoted"] and second["version"] == 2, second["reasons"]
+    assert second["reasons"][0].startswith("ok: domain: pubmedqa_conclusion ndcg@10")
+    assert "vs champion v1" in second["reasons"][0]
+    assert second["domain"]["pubmedqa_conclusion"]["champion"] == pytest.approx((base - 0.03).mean() * 100, abs=1e-3)
     assert cli(["rollback", "biomed", "--params", str(params_path), "--reason", "drift"]) == 0
     assert str(client.get_model_version_by_alias("simcse-biomed", "champion").version) == "1"
     assert cli(["history", "biomed", "--params", str(params_path)]) == 0

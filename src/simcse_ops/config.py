@@ -135,10 +135,6 @@ class VariantConfig:
     primary_task: str | None = None
 
     @property
-    def is_domain(self) -> bool:
-        return bool(self.domain_tasks)
-
-    @property
     def primary(self) -> str | None:
         return self.primary_task or (self.domain_tasks[0] if self.domain_tasks else None)
 
@@ -165,6 +161,13 @@ class Params:
 
     def sources_with_role(self, *roles: str) -> dict[str, SourceConfig]:
         return {n: s for n, s in self.sources.items() if s.role in roles}
+
+    def domain_variants(self) -> dict[str, VariantConfig]:
+        """The domain variants (the one definition): variants that train and either list
+        `domain_tasks` or train on `role: domain` sources only. (`base` scores the domain tasks
+        as the reference, but does not train.) The retrain-domain flow retrains them."""
+        return {n: v for n, v in self.variants.items() if v.method != "pretrained" and (
+            v.domain_tasks or (v.corpus and all(self.sources[s].role == "domain" for s in v.corpus)))}
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:

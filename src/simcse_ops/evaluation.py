@@ -1,14 +1,21 @@
-"""Loading the configured STS tasks from ingested Parquet and scoring a model on them."""
+"""Loading the configured evaluation tasks from ingested Parquet and scoring models on them:
+the 7 general STS tasks (every variant), a domain variant's domain tasks (with the base encoder
+and BM25 beside it, bootstrap intervals and paired differences), and the dev scorer that training
+selects its best step on."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from simcse_ops import domain
 from simcse_ops.config import ConfigError, Params, StsTaskConfig
-from simcse_ops.encoder import encode, load_sentence_transformer
-from simcse_ops.sts import evaluate_sts
+from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.readers import FORMAT_KIND
+from simcse_ops.stats import paired_bootstrap
+from simcse_ops.sts import DevScorer, EmbedFn, evaluate_sts, sts_dev_scorer
 
 
 def load_task(data_dir: Path | str, task: StsTaskConfig, name: str, params_path: Path) -> pd.DataFrame:
@@ -45,3 +52,166 @@ def evaluate_model(params: Params, model_path: str | Path, data_dir: Path | str)
         "device": str(model.device),
     }
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Domain tasks (params.yaml evaluate.domain_tasks; a variant's suite is variants.<V>.domain_tasks)
+
+
+@dataclass(frozen=True)
+class DomainTaskData:
+    """One domain task on one split: pairs (pair classification) or queries/docs/qrels (retrieval)."""
+
+    kind: str
+    pairs: pd.DataFrame | None = None
+    queries: pd.DataFrame | None = None
+    docs: pd.DataFrame | None = None
+    qrels: pd.DataFrame | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs) if self.kind == "pairs" else len(self.queries)
+
+
+def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str) -> DomainTaskData:
+    """Rows of task `name` on `split` from `<data>/<source>.parquet` (ingest's pairs or retrieval kind)."""
+    task = params.evaluate.domain_tasks[name]
+    path = Path(data_dir) / f"{task.source}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+    kind = FORMAT_KIND[params.sources[task.source].format]
+    df = pd.read_parquet(path)
+    where = f"{params.path}: evaluate.domain_tasks.{name}"
+    if kind == "pairs":
+        pairs = df[df["split"] == split]
+        if len(pairs) < 2:
+            raise ConfigError(f"{where}: split {split!r} has {len(pairs)} pairs in {path} "
+                              f"(splits: {sorted(df['split'].unique())})")
+        pairs = pairs.assign(id=pairs["file"] + ":" + pairs["line"].astype(str)).reset_index(drop=True)
+        return DomainTaskData(kind, pairs=pairs[["id", "sentence1", "sentence2", "label", "group"]])
+    if kind == "retrieval":
+        queries = df[(df["record"] == "query") & (df["split"] == split)][["id", "text"]]
+        if queries.empty:
+            splits = sorted(df.loc[df["record"] == "query", "split"].unique())
+            raise ConfigError(f"{where}: no queries of split {split!r} in {path} (splits: {splits})")
+        docs = df[df["record"] == "doc"][["id", "title", "text"]]
+        qrels = df[(df["record"] == "qrel") & (df["split"] == split)][["query_id", "doc_id", "relevance"]]
+        return DomainTaskData(kind, queries=queries.reset_index(drop=True), docs=docs.reset_index(drop=True),
+                              qrels=qrels.reset_index(drop=True))
+    raise ConfigError(f"{where}.source: {task.source!r} is of kind {kind!r}; expected pairs or retrieval")
+
+
+def task_metric(params: Params, name: str, kind: str) -> str:
+    """The task's headline metric: its `metric`, else nDCG@10 (retrieval) or AP (pairs)."""
+    return params.evaluate.domain_tasks[name].metric or ("ndcg@10" if kind == "retrieval" else "ap")
+
+
+def score_domain_task(data: DomainTaskData, embed: EmbedFn | None, chunker=None,
+                      long_documents: str = "truncate") -> domain.TaskResult:
+    """Score one encoder (`embed`) on a task; `embed=None` scores BM25 (retrieval only)."""
+    if data.kind == "pairs":
+        return domain.score_pairs(embed, data.pairs)
+    if embed is None:
+        return domain.score_bm25(data.queries, data.docs, data.qrels)
+    return domain.score_retrieval(embed, data.queries, data.docs, data.qrels,
+                                  long_documents=long_documents, chunker=chunker)
+
+
+def _embedder(params: Params, model_path: str | Path):
+    cfg = params.evaluate
+    model = load_sentence_transformer(model_path, max_seq_length=cfg.max_seq_length, device=cfg.device)
+    chunker = None
+    if cfg.long_documents == "max_chunk":
+        chunker = domain.make_chunker(model.tokenizer, model.max_seq_length)
+    return (lambda s: encode(model, s, batch_size=cfg.batch_size)), chunker
+
+
+def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
+                    data_dir: Path | str) -> tuple[dict, dict]:
+    """Score `models` ({label: model folder}; the variant first) and BM25 on the variant's domain
+    tasks (test splits) -> (domain.json, domain_items.json mappings).
+
+    Per task and model: the metrics x100, their percentile bootstrap intervals and n; per model
+    other than base, the paired bootstrap difference to base on the headline metric. The items
+    (per query / pair values) go to the second mapping, for the registry gate's paired tests.
+    """
+    cfg, v = params.evaluate, params.variant(variant)
+    b = cfg.bootstrap
+    data = {t: load_domain_task(params, data_dir, t, cfg.domain_tasks[t].split) for t in v.domain_tasks}
+    results: dict[str, dict[str, dict]] = {t: {} for t in data}
+    for label, path in models.items():
+        embed, chunker = _embedder(params, path)
+        for t, d in data.items():
+            r = score_domain_task(d, embed, chunker, cfg.long_documents)
+            results[t][label] = domain.with_intervals(r, b.n_resamples, b.confidence, b.seed)
+    for t, d in data.items():
+        if d.kind == "retrieval":
+            r = score_domain_task(d, None)
+            results[t]["bm25"] = domain.with_intervals(r, b.n_resamples, b.confidence, b.seed)
+    out_tasks, items = {}, {}
+    for t, d in data.items():
+        metric = task_metric(params, t, d.kind)
+        task_out = {"kind": d.kind, "source": cfg.domain_tasks[t].source, "split": cfg.domain_tasks[t].split,
+                    "metric": metric, "n": d.n, "results": {}, "vs_base": {}}
+        for label, r in results[t].items():
+            task_out["results"][label] = {"metrics": r["metrics"], "ci": r["ci"], "timing": r["timing"]}
+        for label, r in results[t].items():
+            if label in ("base", "bm25") or "base" not in results[t]:
+                continue
+            pb = paired_bootstrap(r["items"], results[t]["base"]["items"], metric,
+                                  n_resamples=b.n_resamples, confidence=b.confidence, seed=b.seed)
+            task_out["vs_base"][label] = {"diff": round(pb.diff, 4), "ci": [round(pb.ci_low, 4), round(pb.ci_high, 4)],
+                                          "p_at_most_0": round(pb.p_at_most(0.0), 4)}
+        out_tasks[t] = task_out
+        items[t] = {label: r["items"] for label, r in results[t].items()}
+    summary = {"variant": variant, "primary": v.primary, "models": [*models, "bm25"], "tasks": out_tasks,
+               "long_documents": cfg.long_documents,
+               "bootstrap": {"n_resamples": b.n_resamples, "confidence": b.confidence, "seed": b.seed}}
+    return summary, {"tasks": items}
+
+
+def domain_plot_rows(summary: dict) -> list[tuple[str, str, float]]:
+    """(task, model, headline metric) rows for the DVC bar plot."""
+    return [(t, label, r["metrics"][task["metric"]])
+            for t, task in summary["tasks"].items() for label, r in task["results"].items()]
+
+
+# --------------------------------------------------------------------------------------------
+# Model selection during training
+
+
+def dev_scorer_for(params: Params, variant: str, eval_data_dir: Path | str) -> DevScorer:
+    """What training selects its best step on: a domain variant's primary task on its dev split
+    (never the test split); any other variant STS-B dev (evaluate.dev_task)."""
+    v = params.variant(variant)
+    if v.primary is None:
+        t = params.evaluate.dev_task
+        return sts_dev_scorer(Path(eval_data_dir) / f"{t.source}.parquet", t.split)
+    task = params.evaluate.domain_tasks[v.primary]
+    data = load_domain_task(params, eval_data_dir, v.primary, task.dev_split)
+    metric = task_metric(params, v.primary, data.kind)
+    chunker = None
+    if params.evaluate.long_documents == "max_chunk" and data.kind == "retrieval":
+        from transformers import AutoTokenizer  # heavy; only when chunking is configured
+
+        from simcse_ops.model import _base_st_info
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(v.base_model))
+        chunker = domain.make_chunker(tok, _base_st_info(v.base_model)[0])
+
+    def score(embed: EmbedFn) -> float:
+        return score_domain_task(data, embed, chunker, params.evaluate.long_documents).metrics[metric]
+
+    return DevScorer(metric=f"{v.primary}_{task.dev_split}_{metric}", score=score)
+
+
+def rescore_domain_task(params: Params, task: str, model_path: str | Path, data_dir: Path | str) -> dict:
+    """One model on one domain task's reported split -> {metric, value, ci, items} (the registry
+    re-scores a champion whose logged results are missing or on other items)."""
+    cfg, b = params.evaluate, params.evaluate.bootstrap
+    data = load_domain_task(params, data_dir, task, cfg.domain_tasks[task].split)
+    embed, chunker = _embedder(params, model_path)
+    r = domain.with_intervals(score_domain_task(data, embed, chunker, cfg.long_documents),
+                              b.n_resamples, b.confidence, b.seed)
+    metric = task_metric(params, task, data.kind)
+    return {"metric": metric, "value": r["metrics"][metric], "ci": r["ci"][metric], "items": r["items"]}

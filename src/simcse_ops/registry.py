@@ -48,6 +48,7 @@ from typing import Any
 
 from simcse_ops import tracking
 from simcse_ops.files import atomic_path, read_json
+from simcse_ops.gate import Decision, DomainScore, GateInputs, RegisterConfig, Scores, decide
 from simcse_ops.tracking import MlflowConfig, retry
 
 CHALLENGER = "challenger"
@@ -56,46 +57,21 @@ PENDING, COMPLETE = "pending", "complete"
 CACHE_ENV = "SIMCSE_OPS_CACHE"
 
 
-@dataclass(frozen=True)
-class RegisterConfig:
-    """params.yaml `register`: model naming and the promotion gate (Spearman x100 points)."""
-
-    model_prefix: str = "simcse-"
-    epsilon: float = 0.5  # the average may fall below the champion's by at most this
-    delta: float = 1.0  # no single STS task may fall below the champion's by more than this
-    base_variant: str = "base"  # the reference a first version must beat
-    first_margin: float = 0.0  # a first version must exceed base avg by more than this
-    bias_gate: bool = True  # apply simcse_ops.bias.gate_bias (thresholds in params `bias.gate`)
-
-
 class RegistryError(RuntimeError):
     """A registry action that cannot be done; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Scores:
-    sts: dict[str, float]  # the tasks and "avg"
-    bias: dict[str, Any] | None = None  # bias.json `summary`
-    bias_tests: dict[str, Any] = field(default_factory=dict)  # bias.json `tests`
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reasons: list[str]
-    compared_to: str
-
-    @property
-    def label(self) -> str:
-        return "promote" if self.promote else "reject"
 
 
 # --------------------------------------------------------------------------------------------
 # Scores
 
 
-def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = True) -> Scores:
-    """Read `<metrics_dir>/sts.json` (tasks + avg) and `<metrics_dir>/bias.json`."""
+DOMAIN_JSON, DOMAIN_ITEMS = "domain.json", "domain_items.json"  # written by the evaluate stage
+
+
+def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = True,
+                model: str | None = None) -> Scores:
+    """Read `<metrics_dir>/sts.json` (tasks + avg), `bias.json`, and when present `domain.json`
+    with `domain_items.json` (the results of `model`, default the variant the folder belongs to)."""
     metrics_dir = Path(metrics_dir)
     sts_path = metrics_dir / "sts.json"
     raw = read_json(sts_path)
@@ -106,21 +82,47 @@ def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = 
             f"evaluate.tasks and avg (rerun the evaluate stage)"
         )
     sts = {t: float(raw[t]) for t in [*tasks, "avg"]}
+    domain = load_domain(metrics_dir, model)
     bias_path = metrics_dir / "bias.json"
     if not bias_path.is_file():
         if require_bias:
             raise FileNotFoundError(f"{bias_path}: not found; run the bias stage first")
-        return Scores(sts)
+        return Scores(sts, domain=domain)
     b = read_json(bias_path)
     if "summary" not in b:
         raise ValueError(f"{bias_path}: no 'summary'; expected the bias stage's output")
-    return Scores(sts, dict(b["summary"]), dict(b.get("tests") or {}))
+    return Scores(sts, dict(b["summary"]), dict(b.get("tests") or {}), domain)
+
+
+def load_domain(metrics_dir: Path | str, model: str | None = None) -> dict[str, DomainScore]:
+    """{task: DomainScore} of one model (default: the variant itself) from the evaluate stage's
+    `domain.json` and `domain_items.json`; {} when the variant has no domain tasks."""
+    path = Path(metrics_dir) / DOMAIN_JSON
+    if not path.is_file():
+        return {}
+    d = read_json(path)
+    items_path = Path(metrics_dir) / DOMAIN_ITEMS
+    items = read_json(items_path)["tasks"] if items_path.is_file() else {}
+    model = model or d["variant"]
+    out = {}
+    for task, t in d["tasks"].items():
+        r = t["results"].get(model)
+        if r is None:
+            continue
+        m = t["metric"]
+        out[task] = DomainScore(m, float(r["metrics"][m]), tuple(r["ci"][m]), items.get(task, {}).get(model))
+    return out
 
 
 def scores_from_tags(tags: Mapping[str, str], tasks: list[str]) -> Scores:
     sts = {t: float(tags[f"sts.{t}"]) for t in [*tasks, "avg"] if f"sts.{t}" in tags}
     bias = json.loads(tags["bias.summary"]) if "bias.summary" in tags else None
-    return Scores(sts, bias)
+    domain = {}
+    for k, v in tags.items():
+        if k.startswith("domain.") and k.endswith(".value"):
+            task = k[len("domain."):-len(".value")]
+            domain[task] = DomainScore(tags.get(f"domain.{task}.metric", ""), float(v))
+    return Scores(sts, bias, domain=domain)
 
 
 def score_tags(s: Scores) -> dict[str, str]:
@@ -130,72 +132,25 @@ def score_tags(s: Scores) -> dict[str, str]:
         for k, v in s.bias.items():
             if isinstance(v, (int, float, str, bool)):
                 tags[f"bias.{k}"] = str(v)
+    for task, d in s.domain.items():
+        tags[f"domain.{task}.metric"] = d.metric
+        tags[f"domain.{task}.value"] = f"{d.value:.4f}"
+        if d.ci is not None:
+            tags[f"domain.{task}.ci"] = f"[{d.ci[0]:.2f}, {d.ci[1]:.2f}]"
     return tags
 
 
-# --------------------------------------------------------------------------------------------
-# The gate
-
-
-def decide(
-    challenger: Scores,
-    champion: Scores | None,
-    champion_label: str,
-    base: Scores | None,
-    tasks: list[str],
-    cfg: RegisterConfig,
-    bias_cfg: Any = None,
-    is_base_variant: bool = False,
-) -> Decision:
-    """The promotion gate; every criterion checked yields one reason ("ok: ..." / "fail: ...")."""
-    reasons: list[str] = []
-    ok = True
-    if champion is not None:
-        ref, label = champion, champion_label
-        missing = [t for t in [*tasks, "avg"] if t not in champion.sts]
-        if missing:
-            return Decision(False, [f"fail: {label} has no score for {', '.join(missing)}; "
-                                    f"not comparable (promote with --force if intended)"], label)
-        d = challenger.sts["avg"] - ref.sts["avg"]
-        passed = d >= -cfg.epsilon - 1e-9
-        ok &= passed
-        reasons.append(f"{'ok' if passed else 'fail'}: avg {challenger.sts['avg']:.2f} vs {label} "
-                       f"{ref.sts['avg']:.2f} ({d:+.2f}; may drop by at most epsilon {cfg.epsilon})")
-        failed = [t for t in tasks if ref.sts[t] - challenger.sts[t] > cfg.delta + 1e-9]
-        for t in failed:
-            ok = False
-            reasons.append(f"fail: {t} {challenger.sts[t]:.2f} vs {label} {ref.sts[t]:.2f} "
-                           f"(drop {ref.sts[t] - challenger.sts[t]:.2f} > delta {cfg.delta})")
-        if not failed:
-            worst = max(tasks, key=lambda t: ref.sts[t] - challenger.sts[t])
-            reasons.append(f"ok: no task drops by more than delta {cfg.delta} (largest change: "
-                           f"{worst} {challenger.sts[worst] - ref.sts[worst]:+.2f})")
-    elif is_base_variant:
-        label = "itself (the reference)"
-        reasons.append(f"ok: {cfg.base_variant} is the reference every variant is compared with")
-        ref = None
-    elif base is None:
-        return Decision(False, ["fail: no champion and no base metrics to compare with; "
-                                "pass --base-metrics metrics/base"], "nothing")
-    else:
-        ref, label = base, cfg.base_variant
-        d = challenger.sts["avg"] - base.sts["avg"]
-        passed = d > cfg.first_margin
-        ok &= passed
-        reasons.append(f"{'ok' if passed else 'fail'}: first version: avg {challenger.sts['avg']:.2f} "
-                       f"vs {label} {base.sts['avg']:.2f} ({d:+.2f}; must beat it by more than "
-                       f"{cfg.first_margin})")
-    if cfg.bias_gate and ref is not None:
-        if challenger.bias is None:
-            ok = False
-            reasons.append("fail: bias: the challenger has no bias summary (run the bias stage)")
-        else:
-            from simcse_ops.bias import gate_bias
-
-            b_ok, b_reasons = gate_bias(challenger.bias, ref.bias, bias_cfg)
-            ok &= b_ok
-            reasons += [f"{r} (vs {label})" for r in b_reasons]
-    return Decision(bool(ok), reasons, label)
+def gate_inputs(params, variant: str) -> GateInputs:
+    """What `gate.decide` needs from params.yaml for `variant` (one place, for register and promote)."""
+    cfg = register_config(params)
+    return GateInputs(
+        tasks=list(params.evaluate.tasks),
+        cfg=cfg,
+        bias_cfg=_bias_config(params) if cfg.bias_gate else None,
+        is_base_variant=variant == cfg.base_variant,
+        primary=params.variant(variant).primary,
+        bootstrap=params.evaluate.bootstrap,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,8 +175,10 @@ def model_card(
     decision: Decision,
     lineage: Mapping[str, str],
     tasks: list[str],
+    domain_path: Path | None = None,
 ) -> str:
-    """Markdown: data, hyper-parameters, the 7-task table, the bias table, the gate, use and limits."""
+    """Markdown: data, hyper-parameters, the 7-task table, the domain tasks (with intervals, base,
+    BM25 and the champion beside the variant), the bias table, the gate, use and limits."""
     lines = [f"# {name}", "", vcfg.description or f"SimCSE variant `{variant}`.", ""]
     lines += ["## Data", ""]
     if vcfg.corpus:
@@ -258,6 +215,8 @@ def model_card(
             r.append(f"{champion.sts.get(t, float('nan')):.2f}" if t in champion.sts else "-")
         rows.append(r)
     lines += [_table(header, rows), ""]
+    if domain_path is not None and Path(domain_path).is_file():
+        lines += domain_table(read_json(domain_path), champion, champion_label)
     lines += ["## Bias (SEAT effect sizes, permutation p-values, Holm-Bonferroni)", ""]
     if scores.bias_tests:
         rows = []
@@ -285,6 +244,29 @@ def model_card(
               "model for decisions about people without a task-specific bias evaluation.",
               ""]
     return "\n".join(lines)
+
+
+def domain_table(domain: Mapping[str, Any], champion: Scores | None = None,
+                 champion_label: str = "champion") -> list[str]:
+    """Markdown lines: each domain task's headline metric with its bootstrap interval per model
+    (the variant, the base encoder, BM25 on retrieval tasks, the current champion)."""
+    models = list(domain["models"])
+    conf = domain.get("bootstrap", {}).get("confidence", 0.95)
+    header = ["task", "metric", "n", *models]
+    if champion is not None and champion.domain:
+        header.append(champion_label)
+    rows = []
+    for task, t in domain["tasks"].items():
+        m = t["metric"]
+        row = [task + (" (primary)" if task == domain.get("primary") else ""), m, str(t["n"])]
+        for model in models:
+            r = t["results"].get(model)
+            row.append("-" if r is None else f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]")
+        if champion is not None and champion.domain:
+            c = champion.domain.get(task)
+            row.append("-" if c is None else f"{c.value:.2f}")
+        rows.append(row)
+    return [f"## Domain tasks ({conf:.0%} bootstrap intervals, test split)", "", _table(header, rows), ""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,47 +403,63 @@ def register_variant(
     base_metrics_dir: Path | str | None = None,
     on_step: Callable[[str], None] | None = None,
     log: Callable[[str], None] = print,
+    data_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Register `model_dir` as a new version of `simcse-<variant>` and apply the gate.
 
     `on_step(name)` is called at "prepare", "log_model", "create_version", "created", "aliases",
     "champion" (when promoted) and "done" (fault-injection tests stop the server at a chosen
-    step). Returns the registry.json mapping. The tracking URI must be configured (`tracking.configure`).
+    step). `data_dir` (data/ingested) lets a domain variant's gate re-score a champion whose
+    logged per-item results do not match the current primary task. Returns the registry.json mapping. The tracking URI must be configured (`tracking.configure`).
     """
     import mlflow
 
     from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
 
     step = on_step or (lambda _s: None)
-    cfg = register_config(params)
+    g = gate_inputs(params, variant)
+    cfg = g.cfg
     mcfg = tracking.mlflow_config(params)
-    bias_cfg = _bias_config(params) if cfg.bias_gate else None
     vcfg = params.variant(variant)
     root, model_dir = Path(root), Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); run the train stage")
-    tasks = list(params.evaluate.tasks)
+    tasks = g.tasks
     name = cfg.model_prefix + variant
-    scores = load_scores(metrics_dir, tasks, require_bias=cfg.bias_gate)
-    is_base = variant == cfg.base_variant
+    scores = load_scores(metrics_dir, tasks, require_bias=cfg.bias_gate, model=variant)
+    if g.primary is not None and g.primary not in scores.domain:
+        raise FileNotFoundError(f"{Path(metrics_dir) / DOMAIN_JSON}: no results on the primary task "
+                                f"{g.primary}; run the evaluate stage (dvc repro evaluate@{variant})")
     base = None
-    if base_metrics_dir is not None and not is_base:
+    if base_metrics_dir is not None and not g.is_base_variant:
         base = load_scores(base_metrics_dir, tasks, require_bias=False)
+        # the base encoder on the domain tasks, scored in the variant's own evaluate run
+        base = dataclasses.replace(base, domain=load_domain(metrics_dir, "base"))
 
     step("prepare")
     client = _client()
     _ensure_registered_model(client, name, mcfg)
     reconcile(client, name, mcfg, log)
     champ_mv = _alias_version(client, name, CHAMPION, mcfg)
-    champion = scores_from_tags(champ_mv.tags, tasks) if champ_mv is not None else None
+    champion = None
+    if champ_mv is not None:
+        champion = scores_from_tags(champ_mv.tags, tasks)
+        if g.primary is not None:
+            champion = dataclasses.replace(champion, domain=_run_domain(client, champ_mv, variant, mcfg))
+            if data_dir is not None and not _same_items(scores, champion, g.primary):
+                champion = _rescore_champion(params, variant, name, champ_mv, champion, data_dir, g.primary, log)
     champ_label = f"champion v{champ_mv.version}" if champ_mv is not None else "none"
-    decision = decide(scores, champion, champ_label, base, tasks, cfg, bias_cfg, is_base)
+    decision = decide(scores, champion, champ_label, base, g)
 
     run = tracking.run_for_model(variant, model_dir, root, mcfg, params=dataclasses.asdict(vcfg))
     tracking.attach_results(run, "sts", scores.sts, [Path(metrics_dir) / "sts.json"])
     tracking.attach_results(run, "bias", scores.bias or {}, [Path(metrics_dir) / "bias.json"])
+    if scores.domain:
+        tracking.attach_results(run, "domain", {t: d.value for t, d in scores.domain.items()},
+                                [Path(metrics_dir) / DOMAIN_JSON, Path(metrics_dir) / DOMAIN_ITEMS])
     lineage = {**tracking.lineage_tags(root, variant), "model_sha256": tracking.model_hash(model_dir)}
-    card = model_card(name, variant, vcfg, params, scores, base, champion, champ_label, decision, lineage, tasks)
+    card = model_card(name, variant, vcfg, params, scores, base, champion, champ_label, decision, lineage, tasks,
+                      domain_path=Path(metrics_dir) / DOMAIN_JSON)
 
     step("log_model")
     with tempfile.TemporaryDirectory(prefix="simcse-card-") as tmp:
@@ -527,11 +525,57 @@ def register_variant(
         "run_id": run.run_id,
         "experiment_id": retry(lambda: client.get_run(run.run_id).info.experiment_id, "read the run", mcfg),
         "model_sha256": lineage["model_sha256"],
+        # the domain figures the gate saw: the challenger beside the champion it was compared with
+        "domain": {t: {"metric": d.metric, "challenger": d.value, "ci": list(d.ci) if d.ci else None,
+                       "champion": (champion.domain[t].value if champion is not None and t in champion.domain
+                                    else None)}
+                   for t, d in scores.domain.items()},
     }
     log(f"register: {name} v{mv.version}: {decision.label} (vs {decision.compared_to})")
     for r in decision.reasons:
         log(f"  {r}")
     return result
+
+
+def _same_items(a: Scores, b: Scores, task: str) -> bool:
+    da, db = a.domain.get(task), b.domain.get(task)
+    return bool(da and db and da.items and db.items and set(da.items["id"]) == set(db.items["id"]))
+
+
+def _rescore_champion(params, variant: str, name: str, champ_mv, champion: Scores, data_dir,
+                      task: str, log) -> Scores:
+    """The champion on the current primary task, when its logged per-item results are missing
+    (registered before domain evaluation) or on other items (the evaluation set changed)."""
+    from simcse_ops.evaluation import rescore_domain_task  # torch and the encoder, only when needed
+
+    log(f"register: {name} v{champ_mv.version} has no per-item results on the current {task}; re-scoring it")
+    path = download_registered_model(f"models:/{name}/{champ_mv.version}")
+    r = rescore_domain_task(params, task, path, data_dir)
+    rescored = DomainScore(r["metric"], float(r["value"]), tuple(r["ci"]), r["items"])
+    return dataclasses.replace(champion, domain={**champion.domain, task: rescored})
+
+
+def _run_domain(client, mv, model: str, mcfg: MlflowConfig) -> dict[str, DomainScore]:
+    """The domain results of `model` ("base" or the variant) that a version's run logged at
+    registration (domain.json and domain_items.json); {} when it logged none."""
+    run_id = mv.tags.get("run_id") or mv.run_id
+    if not run_id:
+        return {}
+
+    def fetch():
+        import mlflow
+
+        with tempfile.TemporaryDirectory(prefix="simcse-domain-") as tmp:
+            try:
+                for f in (DOMAIN_JSON, DOMAIN_ITEMS):
+                    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"domain/{f}", dst_path=tmp)
+            except Exception as e:
+                if isinstance(e, OSError) or _is_not_found(e) or "not exist" in str(e).lower():
+                    return {}
+                raise
+            return load_domain(tmp, model)  # download_artifacts keeps only the file name
+
+    return retry(fetch, f"read the domain results of {mv.name} v{mv.version}", mcfg)
 
 
 MAX_DESCRIPTION = 4900  # model_versions.description is VARCHAR(5000) in MLflow's SQL schema
@@ -574,6 +618,10 @@ def register_config(params) -> RegisterConfig:
     cfg = section(params, "register", RegisterConfig)
     if cfg.epsilon < 0 or cfg.delta < 0:
         raise ConfigError(f"{params.path}: register.epsilon/delta: expected numbers >= 0")
+    d = cfg.domain
+    if not 0.0 < d.alpha < 0.5 or d.margin < 0 or d.general_max_drop < 0:
+        raise ConfigError(f"{params.path}: register.domain: expected 0 < alpha < 0.5, margin >= 0 and "
+                          f"general_max_drop >= 0, got {d.alpha}, {d.margin}, {d.general_max_drop}")
     return cfg
 
 
@@ -590,12 +638,14 @@ def _bias_config(params):
 def promote(
     client, params, variant: str, version: str | int | None = None, force: bool = False,
     reason: str | None = None, log: Callable[[str], None] = print,
+    base_metrics_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Move `champion` to `version` (default: the `challenger`) if the gate passes against the
-    current champion; `force` (with a reason) overrides a failed gate."""
-    cfg, mcfg = register_config(params), tracking.mlflow_config(params)
+    current champion (with none, against the base variant's metrics in `base_metrics_dir`, the
+    register stage's `--base-metrics`); `force` (with a reason) overrides a failed gate."""
+    g, mcfg = gate_inputs(params, variant), tracking.mlflow_config(params)
+    cfg, tasks = g.cfg, g.tasks
     name = cfg.model_prefix + variant
-    tasks = list(params.evaluate.tasks)
     if force and not reason:
         raise RegistryError("--force needs --reason TEXT: say why the gate is overridden")
     if version is None:
@@ -610,18 +660,17 @@ def promote(
     if champ is not None and str(champ.version) == str(mv.version):
         raise RegistryError(f"{name} v{mv.version} is already the champion")
     label = f"champion v{champ.version}" if champ is not None else "none"
+
+    def scores_of(version) -> Scores:
+        s = scores_from_tags(version.tags, tasks)
+        return dataclasses.replace(s, domain=_run_domain(client, version, variant, mcfg)) if g.primary else s
+
     base = None
-    if champ is None:
-        root = Path(params.path).parent
-        base_dir = root / "metrics" / cfg.base_variant
-        if (base_dir / "sts.json").is_file():
-            base = load_scores(base_dir, tasks, require_bias=False)
-    decision = decide(
-        scores_from_tags(mv.tags, tasks),
-        scores_from_tags(champ.tags, tasks) if champ is not None else None,
-        label, base, tasks, cfg, _bias_config(params) if cfg.bias_gate else None,
-        variant == cfg.base_variant,
-    )
+    if champ is None and base_metrics_dir is not None and (Path(base_metrics_dir) / "sts.json").is_file():
+        base = load_scores(base_metrics_dir, tasks, require_bias=False)
+        if g.primary is not None:  # the base encoder on the same items, logged with the version's run
+            base = dataclasses.replace(base, domain=_run_domain(client, mv, "base", mcfg))
+    decision = decide(scores_of(mv), scores_of(champ) if champ is not None else None, label, base, g)
     if not decision.promote and not force:
         raise RegistryError(
             f"{name} v{mv.version} fails the gate against {decision.compared_to}:\n  "
@@ -769,7 +818,8 @@ def _cli_setup(args):
 def promote_cmd(args: argparse.Namespace) -> int:
     params, client = _cli_setup(args)
     try:
-        promote(client, params, args.variant, args.version, args.force, args.reason)
+        base_dir = args.base_metrics or Path(args.params).resolve().parent / "metrics" / register_config(params).base_variant
+        promote(client, params, args.variant, args.version, args.force, args.reason, base_metrics_dir=base_dir)
     except (RegistryError, tracking.TrackingUnavailable) as e:
         print(f"simcse-ops promote: {e}", file=sys.stderr)
         return 1
@@ -813,6 +863,8 @@ def add_registry_subcommands(sub) -> None:
     p.add_argument("--version", type=int, default=None, help="default: the challenger")
     p.add_argument("--force", action="store_true", help="override a failed gate (needs --reason)")
     p.add_argument("--reason", default=None, help="why; recorded in the audit log")
+    p.add_argument("--base-metrics", type=Path, default=None,
+                   help="metrics of the reference variant for a first champion (default metrics/<register.base_variant>)")
     p.set_defaults(func=promote_cmd)
 
     p = sub.add_parser("rollback", help="move the champion alias back to the previous champion")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from simcse_ops.readers.corpus import clean_wiki_text, is_heading
 from simcse_ops.schemas import CORPUS
 
@@ -41,11 +43,16 @@ def test_enwiki_docs_stubs_headings(real_source):
 
 
 def test_pubmedqa_contexts_and_long_answer(real_source, data_root):
-    result = real_source("pubmedqa")
-    assert result.stats["docs"] == 1000
-    rows = result.table.to_pylist()
-    assert len({r["doc"] for r in rows}) == 1000
+    # inductive: the training-side abstracts only; the held-out source has the dev and test ones
+    result, heldout = real_source("pubmedqa"), real_source("pubmedqa_heldout")
+    docs = {r["doc"] for r in result.table.to_pylist()}
+    held = {r["doc"] for r in heldout.table.to_pylist()}
+    assert len(docs | held) == 1000 and not docs & held
+    test = set(json.loads((data_root / "domain/biomedical/pubmedqa_pqal/test_ground_truth.json").read_text()))
+    assert test <= held and len(test) == 500
+    rows = result.table.to_pylist() + heldout.table.to_pylist()
     assert 10_000 < len(rows) < 13_000  # ≈11.7k sentences before the min_words filter
+    rows = sorted(rows, key=lambda r: (r["line"], r["doc"]))
     assert rows[0]["text"] == (
         "Programmed cell death (PCD) is the regulated death of cells within an organism."
     )
