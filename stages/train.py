@@ -3,9 +3,15 @@
     python -m stages.train --variant sup-nli --data data/clean --eval-data data/ingested \
         --out models/sup-nli --metrics metrics/sup-nli/train --checkpoints checkpoints/sup-nli
 
-`method: pretrained` exports the base encoder untrained; `unsup` / `sup` train SimCSE. Several
-processes: `torchrun --nproc_per_node=2 -m stages.train ...` (gloo on CPU, NCCL on CUDA).
-A run interrupted at any point resumes from its last checkpoint in --checkpoints.
+`method: pretrained` exports the base encoder untrained; `unsup` / `sup` train SimCSE, `pairs`
+trains InfoNCE on (anchor, positive) pairs (trainer.py); `tsdae` trains a denoising auto-encoder
+(tsdae.py). Several processes (not tsdae): `torchrun --nproc_per_node=2 -m stages.train ...`
+(gloo on CPU, NCCL on CUDA). A run interrupted at any point resumes from its last checkpoint in
+--checkpoints.
+
+Model selection: the `DevScorer` from `evaluation.dev_scorer_for` (a domain variant's primary task
+on its dev split; otherwise STS-B dev Spearman, `evaluate.dev_task`) scores the model every
+`eval_steps`; the best step is exported.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("data/clean"), help="folder of <source>.parquet training data")
     ap.add_argument("--eval-data", type=Path, default=Path("data/ingested"),
                     help="folder holding the dev task's <source>.parquet (evaluate.dev_task)")
-    ap.add_argument("--no-dev", action="store_true", help="skip STS-B dev evaluation; export the final step")
+    ap.add_argument("--no-dev", action="store_true", help="skip dev evaluation; export the final step")
     ap.add_argument("--out", type=Path, required=True, help="model folder to write")
     ap.add_argument("--metrics", type=Path, required=True, help="folder for training metrics and plots")
     ap.add_argument("--checkpoints", type=Path, default=None, help="resumable checkpoints (default checkpoints/<variant>)")
@@ -49,18 +55,21 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.metrics / "train.json", {"variant": args.variant, "method": "pretrained", "steps": 0})
         return
 
-    from simcse_ops.trainer import run_training
+    from simcse_ops.evaluation import dev_scorer_for
 
-    dev_task = params.evaluate.dev_task
-    result = run_training(
+    if variant.method == "tsdae":
+        from simcse_ops.tsdae import run_tsdae as run
+    else:
+        from simcse_ops.trainer import run_training as run
+
+    result = run(
         variant,
         variant=args.variant,
         data_dir=args.data,
         out_dir=args.out,
         metrics_dir=args.metrics,
         ckpt_dir=args.checkpoints or Path("checkpoints") / args.variant,
-        dev_path=None if args.no_dev else args.eval_data / f"{dev_task.source}.parquet",
-        dev_split=dev_task.split,
+        dev=None if args.no_dev else dev_scorer_for(params, args.variant, args.eval_data),
         dev_batch_size=params.evaluate.batch_size,
         device=args.device,
         progress=not args.no_progress,
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
-    """Params, per-step loss and dev Spearman, sentences/s, lineage and system tags; the run id
+    """Params, per-step loss and dev score, sentences/s, lineage and system tags; the run id
     goes to `<out>/mlflow_run.json` so evaluation, bias and registration attach to the same run."""
     from dataclasses import asdict
 

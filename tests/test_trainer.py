@@ -1,4 +1,5 @@
-"""The training loop: data, schedule, a full stage run, SIGKILL + resume, and torchrun DDP."""
+"""The training loop: data, schedule, dev scorers, full stage runs (sup, pairs), SIGKILL + resume, and
+torchrun DDP."""
 
 from __future__ import annotations
 
@@ -55,10 +56,27 @@ def write_data(folder: Path, n: int = 240, n_dev: int = 40) -> Path:
     return folder
 
 
-def write_params(path: Path, project_root: Path, variant: str, **overrides) -> Path:
+def write_pairs(folder: Path, n: int = 240) -> Path:
+    """A text_pairs source `toy_pairs`: each positive is its anchor with one word dropped."""
+    rng = random.Random(1)
+    anchors = [_sentence(rng) for _ in range(n)]
+    positives = [" ".join(w for j, w in enumerate(a.split()) if j != 1) for a in anchors]
+    pq.write_table(pa.table({"anchor": anchors, "positive": positives, "doc": [f"d{i}" for i in range(n)],
+                             "file": ["p"] * n, "line": list(range(1, n + 1))}), folder / "toy_pairs.parquet")
+    return folder
+
+
+# A variant of method pairs and its source, for params.yaml files written by the tests.
+PAIRS_VARIANT = {"method": "pairs", "corpus": ["toy_pairs"], "pooler": "avg", "mlp": True}
+PAIRS_SOURCE = {"toy_pairs": {"format": "text_pairs", "role": "train-sup", "paths": ["toy_pairs.parquet"]}}
+
+
+def write_params(path: Path, project_root: Path, variant: str, sources: dict | None = None, **overrides) -> Path:
+    """The project's params.yaml with `variants.<variant>` updated (or added) and extra `sources`."""
     raw = yaml.safe_load((project_root / "params.yaml").read_text())
     raw["data"]["root"] = str((project_root / raw["data"]["root"]).resolve())
-    raw["variants"][variant].update(overrides)
+    raw["sources"].update(sources or {})
+    raw["variants"].setdefault(variant, {}).update(overrides)
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -199,7 +217,9 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     metrics = yaml.safe_load((out / "metrics" / "train.json").read_text())
     assert metrics["steps"] == 12 and metrics["method"] == "sup"
     assert metrics["best_step"] in (5, 10, 12)  # step 0 (the base) is on the curve, never exported
-    assert [r["step"] for r in read_curve(out / "metrics" / "dev.csv")] == ["0", "5", "10", "12"]
+    assert metrics["dev_metric"] == "stsb_dev_spearman" and isinstance(metrics["best_dev_score"], float)
+    dev_curve = read_curve(out / "metrics" / "dev.csv")
+    assert [r["step"] for r in dev_curve] == ["0", "5", "10", "12"] and list(dev_curve[0]) == ["step", "dev_score"]
     assert len(read_curve(out / "metrics" / "loss.csv")) == 12
     st = SentenceTransformer(str(out / "model"), device="cpu")
     assert st.max_seq_length == 128  # the base model's inference length, not the training 32
@@ -220,21 +240,88 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     assert "sentences_per_s" in run.data.metrics
 
 
+def test_sts_dev_scorer_reads_one_split_and_names_its_metric(tmp_path):
+    from simcse_ops.sts import sts_dev_scorer
+
+    write_data(tmp_path)
+    scorer = sts_dev_scorer(tmp_path / "stsb.parquet", "dev")
+    assert scorer.metric == "stsb_dev_spearman"
+    rng = np.random.default_rng(0)
+    score = scorer.score(lambda sents: rng.normal(size=(len(sents), 8)))
+    assert -100.0 <= score <= 100.0
+    with pytest.raises(DataError, match="split 'test'"):
+        sts_dev_scorer(tmp_path / "stsb.parquet", "test")
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        sts_dev_scorer(tmp_path / "nope.parquet", "dev")
+
+
+def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir):
+    """The scorer is called at step 0 (curve only), every eval_steps and at the end; the best
+    trained step wins whatever the metric."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import build_training_set, train
+
+    torch.set_num_threads(1)
+    write_data(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=7, eval_steps=2,
+                        checkpoint_steps=0)
+    scores = iter([99.0, 1.0, 5.0, 2.0, 3.0])  # steps 0, 2, 4, 6, 7
+    scorer = DevScorer("toy_dev_ndcg@10", lambda embed: (embed(["a cat."]).shape == (1, 32)) * next(scores))
+    encoder = SimCSEEncoder.from_pretrained(str(tiny_model_dir))
+    result, best = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt", dev=scorer, progress=False)
+    assert [r["step"] for r in result.dev_curve] == [0, 2, 4, 6, 7]
+    assert result.dev_metric == "toy_dev_ndcg@10" and result.best_step == 4 and result.best_dev_score == 5.0
+    assert best is not None
+
+
+def test_pairs_stage_lowers_the_loss_and_exports_a_loadable_model(tmp_path, tiny_model_dir, project_root,
+                                                                   monkeypatch):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from stages.train import main
+
+    torch.set_num_threads(1)
+    data = write_pairs(write_data(tmp_path / "data"))
+    params = write_params(tmp_path / "params.yaml", project_root, "toy-pairs", PAIRS_SOURCE, **PAIRS_VARIANT,
+                          base_model=str(tiny_model_dir), batch_size=16, max_steps=30, eval_steps=10,
+                          checkpoint_steps=0, lr=1e-3)
+    monkeypatch.chdir(project_root)
+    out = tmp_path / "run"
+    main(_stage_cmd(params, "toy-pairs", data, out)[3:])
+
+    metrics = yaml.safe_load((out / "metrics" / "train.json").read_text())
+    assert metrics["method"] == "pairs" and metrics["steps"] == 30 and metrics["examples"] == 240
+    losses = [float(r["loss"]) for r in read_curve(out / "metrics" / "loss.csv")]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # ln(16) = 2.77 at chance
+    st = SentenceTransformer(str(out / "model"), device="cpu")
+    assert st.encode(["a cat.", "a dog."]).shape == (2, 32)
+
+
 # --------------------------------------------------------------------------------------------
 # SIGKILL + resume gives the uninterrupted run's loss curve
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, project_root):
-    data = write_data(tmp_path / "data", n=400)
+@pytest.mark.parametrize("variant", ["unsup-wiki", "toy-pairs"])
+def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, project_root, variant):
+    data = write_pairs(write_data(tmp_path / "data", n=400), n=400)
     total = 80
-    params = write_params(tmp_path / "params.yaml", project_root, "unsup-wiki", base_model=str(tiny_model_dir),
-                          batch_size=8, max_steps=total, eval_steps=30, checkpoint_steps=10, lr=1e-3,
-                          warmup_ratio=0.1)
+    extra = (PAIRS_SOURCE, PAIRS_VARIANT) if variant == "toy-pairs" else (None, {})
+    params = write_params(tmp_path / "params.yaml", project_root, variant, extra[0], **extra[1],
+                          base_model=str(tiny_model_dir), batch_size=8, max_steps=total, eval_steps=30,
+                          checkpoint_steps=10, lr=1e-3, warmup_ratio=0.1)
     full, killed = tmp_path / "full", tmp_path / "killed"
-    _run(_stage_cmd(params, "unsup-wiki", data, full), project_root)
+    _run(_stage_cmd(params, variant, data, full), project_root)
 
-    proc = subprocess.Popen(_stage_cmd(params, "unsup-wiki", data, killed), cwd=project_root, env=_env(),
+    proc = subprocess.Popen(_stage_cmd(params, variant, data, killed), cwd=project_root, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list((killed / "ckpt").glob("checkpoint-*.pt")) and proc.poll() is None and time.time() < deadline:
@@ -246,7 +333,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, p
     killed_at = int(ckpts[0].stem.split("-")[1])
     assert killed_at < total and not (killed / "model").exists()
 
-    _run(_stage_cmd(params, "unsup-wiki", data, killed), project_root)
+    _run(_stage_cmd(params, variant, data, killed), project_root)
     resumed = yaml.safe_load((killed / "metrics" / "train.json").read_text())
     assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= killed_at
     a, b = read_curve(full / "metrics" / "loss.csv"), read_curve(killed / "metrics" / "loss.csv")
@@ -257,7 +344,7 @@ def test_killed_run_resumes_with_the_same_loss_curve(tmp_path, tiny_model_dir, p
     assert resumed["train_s"] > 0 and resumed["sentences_per_s"] > 0
 
     # Run again: it resumes at its last step and re-exports; the time of steps 1..80 is carried over.
-    _run(_stage_cmd(params, "unsup-wiki", data, full), project_root)
+    _run(_stage_cmd(params, variant, data, full), project_root)
     again = yaml.safe_load((full / "metrics" / "train.json").read_text())
     assert again["resumed_from_step"] == total and again["steps"] == total
     assert again["train_s"] > 0 and again["sentences_per_s"] > 0

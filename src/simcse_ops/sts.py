@@ -93,6 +93,41 @@ def sts_spearman(embed: EmbedFn, s1: Sequence[str], s2: Sequence[str], gold: Seq
 
 
 @dataclass(frozen=True)
+class DevScorer:
+    """A model-selection score on a dev set: `score(embed)` -> a number, higher is better.
+
+    `metric` names it in the dev curve and train.json (e.g. "stsb_dev_spearman",
+    "pubmedqa_conclusion_dev_ndcg@10"). The trainer calls `score` every `eval_steps` and exports
+    the step with the highest score.
+    """
+
+    metric: str
+    score: Callable[[EmbedFn], float]
+
+
+def sts_dev_scorer(path: Path | str, split: str | None) -> DevScorer:
+    """STS pairs (ingest's STS schema) of one split, scored as Spearman x100 of the cosines.
+
+    `split=None` keeps every row. The metric is named `<file stem>_<split>_spearman`: STS-B dev
+    (params.yaml `evaluate.dev_task`, the default model-selection scorer) is "stsb_dev_spearman".
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the dev set is missing; run the ingest stage first or pass --eval-data")
+    t = pq.read_table(path, columns=["split", "sentence1", "sentence2", "score"]).to_pydict()
+    keep = [i for i, s in enumerate(t["split"]) if split is None or s == split]
+    if not keep:
+        raise DataError(path, None, f"no rows with split {split!r}", "the dev split (evaluate.dev_task)")
+    s1 = [t["sentence1"][i] for i in keep]
+    s2 = [t["sentence2"][i] for i in keep]
+    gold = [t["score"][i] for i in keep]
+    metric = f"{path.stem}_{split}_spearman" if split is not None else f"{path.stem}_spearman"
+    return DevScorer(metric, lambda embed: sts_spearman(embed, s1, s2, gold))
+
+
+@dataclass(frozen=True)
 class TaskResult:
     name: str
     spearman: float  # the task's figure: over all pairs ("all" setting)

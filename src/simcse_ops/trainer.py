@@ -1,4 +1,5 @@
-"""The SimCSE training loop: unsupervised (dropout positives) and supervised (NLI triples).
+"""The contrastive training loop: SimCSE unsupervised (dropout positives) and supervised (NLI
+triples), and InfoNCE on unlabelled positive pairs.
 
 One step on a global batch of B examples (Gao et al. 2021):
 
@@ -6,6 +7,11 @@ One step on a global batch of B examples (Gao et al. 2021):
            dropout masks; z1 = out[:B], z2 = out[B:]; loss = InfoNCE(z1, z2)             (B, B)
     sup:   rows [anchor_1..B, positive_1..B, negative_1..B] in one forward pass;
            loss = InfoNCE(z1, z2, hard negatives z3)                                      (B, 2B)
+    pairs: rows [anchor_1..B, positive_1..B] (a `text_pairs` source) in one forward pass;
+           loss = InfoNCE(z1, z2): sup's code path without hard negatives                (B, B)
+
+Model selection: a `DevScorer` (sts.py; STS-B dev Spearman by default) scores the model every
+`eval_steps` and at the end; the best step is exported.
 
 AdamW (fused kernel; no decay on 1-d parameters: biases and norms), linear warm-up then linear
 decay to 0, gradient clipping, bf16 autocast on CUDA. Text is tokenised once, ahead of time,
@@ -22,7 +28,7 @@ modules and, through a registered attention function, for the attention probabil
 Data order: epoch e visits the examples in the permutation `default_rng(seed + e)`; a step is a
 position in that permutation, so (epoch, position) is the whole data-order state. A checkpoint
 holds the model, optimizer, scheduler, every rank's RNG states (python, numpy, torch, cuda), the
-data-order state, the loss / dev curves and the best dev score: a run killed at any moment and
+data-order state, the loss / dev curves, the dev metric's name and the best dev score: a run killed at any moment and
 resumed from its last checkpoint reproduces the uninterrupted run's loss curve exactly.
 
 Under torchrun each rank encodes its slice of the global batch, embeddings are gathered with the
@@ -42,7 +48,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +67,12 @@ from simcse_ops.distributed import (
 from simcse_ops.files import DataError, atomic_path, write_json
 from simcse_ops.loss import info_nce
 from simcse_ops.model import SimCSEEncoder, restore_attention, use_fast_attention_dropout, use_fast_dropout
+from simcse_ops.sts import DevScorer
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-COLUMNS = {"unsup": ("text",), "sup": ("anchor", "positive", "negative")}
+COLUMNS = {"unsup": ("text",), "sup": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,10 +84,11 @@ def load_training_texts(
 ) -> dict[str, list[str]]:
     """Read `<data_dir>/<source>.parquet` for every source of the variant's corpus, concatenated.
 
-    unsup reads the CORPUS column `text`; sup reads the NLI columns anchor / positive / negative.
+    unsup reads the CORPUS column `text`; sup reads the NLI columns anchor / positive / negative;
+    pairs reads the text_pairs columns anchor / positive.
     """
     if method not in COLUMNS:
-        raise ConfigError(f"method {method!r} has no training data (expected unsup or sup)")
+        raise ConfigError(f"method {method!r} has no training data (expected one of {', '.join(COLUMNS)})")
     if not corpus:
         raise ConfigError(f"a {method} variant needs `corpus: [source, ...]` in params.yaml")
     cols = COLUMNS[method]
@@ -163,13 +171,13 @@ class TrainingSet:
         return h.hexdigest()[:16]
 
     def rows(self, idx: np.ndarray) -> list[np.ndarray]:
-        """Token rows for examples `idx`, in forward-pass order: unsup [x, x]; sup [a, p, n]."""
+        """Token rows for examples `idx`, in forward-pass order: unsup [x, x]; sup [a, p, n]; pairs [a, p]."""
         if self.method == "unsup":
             col = self.columns["text"]
             rows = [col.ids[col.offsets[i]:col.offsets[i + 1]] for i in idx]
             return rows + rows
         out = []
-        for name in COLUMNS["sup"]:
+        for name in COLUMNS[self.method]:
             col = self.columns[name]
             out.extend(col.ids[col.offsets[i]:col.offsets[i + 1]] for i in idx)
         return out
@@ -192,25 +200,6 @@ def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(seed + epoch).permutation(n)
-
-
-@dataclass(frozen=True)
-class DevSet:
-    sentence1: list[str]
-    sentence2: list[str]
-    score: list[float]
-
-
-def load_dev_set(path: Path | str, split: str | None) -> DevSet:
-    """STS pairs (ingest's STS schema) of one split, e.g. STS-B dev for model selection."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the dev set is missing; run the ingest stage first or pass --eval-data")
-    t = pq.read_table(path, columns=["split", "sentence1", "sentence2", "score"]).to_pydict()
-    keep = [i for i, s in enumerate(t["split"]) if split is None or s == split]
-    if not keep:
-        raise DataError(path, None, f"no rows with split {split!r}", "the dev split (evaluate.dev_task)")
-    return DevSet([t["sentence1"][i] for i in keep], [t["sentence2"][i] for i in keep], [t["score"][i] for i in keep])
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,11 +234,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# VariantConfig keys added after checkpoint format 1: fingerprinted only when set away from their
+# defaults, so a run's checkpoints written before the key existed still resume.
+LATER_KEYS = ("tsdae_deletion_ratio", "domain_tasks", "primary_task")
+
+
 def run_fingerprint(cfg: VariantConfig, data_fp: str, world_size: int) -> str:
     """What a checkpoint must match to be resumed: every setting that changes the numbers."""
     d = asdict(cfg)
     for k in ("description", "checkpoint_steps"):
         d.pop(k, None)
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for k in LATER_KEYS:
+        if k in d and d[k] == defaults[k]:
+            del d[k]
     d.update(data=data_fp, world_size=world_size)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -263,8 +261,12 @@ def _torch_save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict | None:
-    """The newest checkpoint written for this exact run, or None (a stale folder is cleared)."""
+def load_latest_checkpoint(ckpt_dir: Path, fingerprint: str, dev_metric: str | None = None) -> dict | None:
+    """The newest checkpoint written for this exact run, or None (a stale folder is cleared).
+
+    A checkpoint whose best step was chosen by another dev metric is stale too; one written before
+    checkpoints recorded the metric was selected on STS-B dev.
+    """
     found = _checkpoints(ckpt_dir)
     if not found:
         return None
@@ -272,7 +274,38 @@ def load_latest_checkpoint(ckpt_dir: Path, fingerprint: str) -> dict | None:
     if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint:
         log.warning("%s: checkpoints belong to another configuration or data; starting afresh", ckpt_dir)
         return None
+    saved_metric = state.get("dev_metric", "stsb_dev_spearman")
+    if dev_metric is not None and state.get("best_step") is not None and saved_metric != dev_metric:
+        log.warning("%s: checkpoints selected on %s, this run on %s; starting afresh", ckpt_dir, saved_metric,
+                    dev_metric)
+        return None
+    if "best_dev_score" not in state:  # written before the dev metric was pluggable
+        state["best_dev_score"] = state.get("best_dev_spearman")
+        state["dev_curve"] = [{"step": r["step"], "dev_score": r["stsb_dev_spearman"]} for r in state["dev_curve"]]
     return state
+
+
+def restore_checkpoint(state: dict, model: torch.nn.Module, optimizer, scheduler, result: "TrainResult",
+                       rank: int = 0) -> tuple[int, float]:
+    """Load a checkpoint's weights, optimizer, schedule, this rank's RNG state and curves into a run;
+    returns (step, training seconds of steps 1..step)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"][rank])
+    result.loss_curve, result.dev_curve = state["loss_curve"], state["dev_curve"]
+    result.best_step, result.best_dev_score = state["best_step"], state["best_dev_score"]
+    result.resumed_from_step = state["step"]
+    return state["step"], float(state.get("train_s", 0.0))
+
+
+def load_best_state(ckpt_dir: Path, best_step: int) -> dict:
+    """The best step's weights from `<ckpt_dir>/best.pt`, checked against the checkpoint's best step."""
+    best = torch.load(Path(ckpt_dir) / "best.pt", map_location="cpu", weights_only=False)
+    if best["step"] != best_step:
+        raise RuntimeError(f"{ckpt_dir}/best.pt is from step {best['step']}, "
+                           f"the checkpoint expects {best_step}; delete {ckpt_dir} and retrain")
+    return best["model"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,8 +320,9 @@ class TrainResult:
     examples: int
     loss_curve: list[dict] = field(default_factory=list)
     dev_curve: list[dict] = field(default_factory=list)
+    dev_metric: str | None = None  # the DevScorer's metric name (None: no model selection)
     best_step: int | None = None
-    best_dev_spearman: float | None = None
+    best_dev_score: float | None = None
     resumed_from_step: int | None = None
     wall_s: float = 0.0
     train_s: float = 0.0  # training-loop seconds of all steps 1..steps, across resumed runs
@@ -410,14 +444,17 @@ def make_embed_fn(encoder: SimCSEEncoder, tokenizer, max_length: int, device: to
 
 
 def write_curves(metrics_dir: Path | str, loss_curve: list[dict], dev_curve: list[dict]) -> None:
-    """The DVC plots: loss.csv (step, epoch, loss, lr) and dev.csv (step, stsb_dev_spearman)."""
+    """The DVC plots: loss.csv (step, epoch, loss, lr) and dev.csv (step, dev_score).
+
+    dev_score is the DevScorer's number; train.json's `dev_metric` names it.
+    """
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows, fields in (("loss.csv", loss_curve, ["step", "epoch", "loss", "lr"]),
-                               ("dev.csv", dev_curve, ["step", "stsb_dev_spearman"])):
+    for name, rows, columns in (("loss.csv", loss_curve, ["step", "epoch", "loss", "lr"]),
+                                ("dev.csv", dev_curve, ["step", "dev_score"])):
         with atomic_path(metrics_dir / name) as tmp:
             with tmp.open("w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=fields)
+                w = csv.DictWriter(f, fieldnames=columns)
                 w.writeheader()
                 w.writerows(rows)
 
@@ -429,17 +466,19 @@ def train(
     tokenizer,
     *,
     ckpt_dir: Path,
-    dev: DevSet | None = None,
+    dev: DevScorer | None = None,
     dev_max_length: int = 512,
     dev_batch_size: int = 128,
     device: torch.device = torch.device("cpu"),
     ctx: DistContext = DistContext(),
     progress: bool = True,
 ) -> tuple[TrainResult, dict | None]:
-    """Train `encoder` in place; returns the result and the best dev state dict (None: use the final)."""
-    from tqdm.auto import tqdm
+    """Train `encoder` in place; returns the result and the best dev state dict (None: use the final).
 
-    from simcse_ops.sts import sts_spearman
+    One function because the loop, dev evaluation and checkpointing share the run's state (step,
+    best state, timers) through two closures; setup and resume are helpers above.
+    """
+    from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     if cfg.batch_size % ctx.world_size:
@@ -462,31 +501,19 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
     autocast = lambda: autocast_for(cfg, device)  # noqa: E731
 
-    result = TrainResult(steps=0, total_steps=total, epochs_run=0.0, examples=n)
+    dev_metric = dev.metric if dev is not None else None
+    result = TrainResult(steps=0, total_steps=total, epochs_run=0.0, examples=n, dev_metric=dev_metric)
     best_state: dict | None = None
     ckpt_dir = Path(ckpt_dir)
-    state = load_latest_checkpoint(ckpt_dir, fp) if ckpt_dir.is_dir() else None
+    state = load_latest_checkpoint(ckpt_dir, fp, dev_metric) if ckpt_dir.is_dir() else None
     if state is None and ctx.is_main and ckpt_dir.is_dir():
         for stale in list(_checkpoints(ckpt_dir)) + [ckpt_dir / "best.pt"]:
             stale.unlink(missing_ok=True)
     barrier(ctx)
     if state is not None:
-        encoder.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"][ctx.rank])
-        step = state["step"]
-        result.loss_curve = state["loss_curve"]
-        result.dev_curve = state["dev_curve"]
-        result.best_step, result.best_dev_spearman = state["best_step"], state["best_dev_spearman"]
-        result.resumed_from_step = step
-        prior_train_s = float(state.get("train_s", 0.0))
+        step, prior_train_s = restore_checkpoint(state, encoder, optimizer, scheduler, result, ctx.rank)
         if result.best_step is not None and ctx.is_main:
-            best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=False)
-            if best_state["step"] != result.best_step:
-                raise RuntimeError(f"{ckpt_dir}/best.pt is from step {best_state['step']}, "
-                                   f"the checkpoint expects {result.best_step}; delete {ckpt_dir} and retrain")
-            best_state = best_state["model"]
+            best_state = load_best_state(ckpt_dir, result.best_step)
         log.info("resumed from %s at step %d", ckpt_dir, step)
     else:
         step = 0
@@ -498,12 +525,12 @@ def train(
         if dev is None or not ctx.is_main:
             return
         embed = make_embed_fn(encoder, tokenizer, dev_max_length, device, dev_batch_size, autocast)
-        score = sts_spearman(embed, dev.sentence1, dev.sentence2, dev.score)
-        result.dev_curve.append({"step": step, "stsb_dev_spearman": round(score, 4)})
+        score = float(dev.score(embed))
+        result.dev_curve.append({"step": step, "dev_score": round(score, 4)})
         if not selectable:
             return
-        if result.best_dev_spearman is None or score > result.best_dev_spearman:
-            result.best_dev_spearman, result.best_step = score, step
+        if result.best_dev_score is None or score > result.best_dev_score:
+            result.best_dev_score, result.best_step = score, step
             best_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
             if cfg.checkpoint_steps:
                 _torch_save_atomic({"step": step, "score": score, "model": best_state}, ckpt_dir / "best.pt")
@@ -517,7 +544,7 @@ def train(
                 "model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rngs,
                 "loss_curve": result.loss_curve, "dev_curve": result.dev_curve,
-                "best_step": result.best_step, "best_dev_spearman": result.best_dev_spearman,
+                "dev_metric": dev_metric, "best_step": result.best_step, "best_dev_score": result.best_dev_score,
                 "train_s": prior_train_s + time.perf_counter() - t_train,  # of steps 1..step
                 "config": asdict(cfg),
             }
@@ -591,8 +618,7 @@ def run_training(
     out_dir: Path,
     metrics_dir: Path,
     ckpt_dir: Path,
-    dev_path: Path | None,
-    dev_split: str | None,
+    dev: DevScorer | None,
     dev_batch_size: int = 128,
     device: str = "auto",
     progress: bool = True,
@@ -619,7 +645,6 @@ def run_training(
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         texts = load_training_texts(data_dir, cfg.corpus, cfg.method, cfg.max_train_samples)
         data = build_training_set(tokenizer, texts, cfg.method, cfg.max_seq_length)
-        dev = load_dev_set(dev_path, dev_split) if dev_path is not None else None
         infer_len, _ = _base_st_info(cfg.base_model)
         seed_everything(cfg.seed)  # the MLP head's initialisation is the same on every rank
         encoder = SimCSEEncoder.from_pretrained(resolved, cfg.pooler, cfg.mlp, cfg.mlp_only_train)
@@ -632,28 +657,35 @@ def run_training(
             encoder.load_state_dict(best_state)
         encoder.to("cpu")
         export_sentence_transformer(encoder, tokenizer, out_dir, base_model=cfg.base_model)
-        final_loss = result.loss_curve[-1]["loss"] if result.loss_curve else None
-        metrics = {
-            "variant": variant,
-            "method": cfg.method,
-            "examples": result.examples,
-            "steps": result.steps,
-            "epochs": round(result.epochs_run, 4),
-            "final_loss": final_loss,
-            "best_step": result.best_step,
-            "best_stsb_dev_spearman": None if result.best_dev_spearman is None else round(result.best_dev_spearman, 2),
-            "exported_step": result.best_step if best_state is not None else result.steps,
-            "sentences_per_s": round(result.sentences_per_s, 1),
-            "train_s": round(result.train_s, 1),
-            "wall_s": round(result.wall_s, 1),
-            "resumed_from_step": result.resumed_from_step,
-            "world_size": ctx.world_size,
-            "device": str(dev_device),
-            "torch_threads": torch.get_num_threads(),
-        }
-        metrics_dir = Path(metrics_dir)
-        write_curves(metrics_dir, result.loss_curve, result.dev_curve)
-        write_json(metrics_dir / "train.json", metrics)
+        write_training_metrics(metrics_dir, result, variant=variant, method=cfg.method,
+                               exported_best=best_state is not None, world_size=ctx.world_size, device=dev_device)
         return result
     finally:
         shutdown(ctx)
+
+
+def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, variant: str, method: str,
+                           exported_best: bool, world_size: int, device: torch.device) -> None:
+    """metrics/<V>/train/: train.json (the DVC metrics), loss.csv and dev.csv (the DVC plots)."""
+    metrics = {
+        "variant": variant,
+        "method": method,
+        "examples": result.examples,
+        "steps": result.steps,
+        "epochs": round(result.epochs_run, 4),
+        "final_loss": result.loss_curve[-1]["loss"] if result.loss_curve else None,
+        "best_step": result.best_step,
+        "dev_metric": result.dev_metric,
+        "best_dev_score": None if result.best_dev_score is None else round(result.best_dev_score, 2),
+        "exported_step": result.best_step if exported_best else result.steps,
+        "sentences_per_s": round(result.sentences_per_s, 1),
+        "train_s": round(result.train_s, 1),
+        "wall_s": round(result.wall_s, 1),
+        "resumed_from_step": result.resumed_from_step,
+        "world_size": world_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    metrics_dir = Path(metrics_dir)
+    write_curves(metrics_dir, result.loss_curve, result.dev_curve)
+    write_json(metrics_dir / "train.json", metrics)
