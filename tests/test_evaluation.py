@@ -64,3 +64,89 @@ def test_parity_with_sentence_transformers_evaluator(params, eval_data):
     # and the published figure for this encoder is in the right place (SBERT reports ~82 on STS-B)
     assert 75 < ours["stsb"] < 90
     json.dumps(ours)  # the metrics are JSON-serialisable
+
+
+# --------------------------------------------------------------------------------------------
+# Domain tasks
+
+
+@pytest.fixture(scope="module")
+def domain_data(tmp_path_factory, params, data_root):
+    """The domain evaluation sets (MQP, PubMedQA question -> conclusion) ingested from the real files."""
+    out = tmp_path_factory.mktemp("domain")
+    for name in ("mqp", "pubmedqa_conclusion", "stsb"):
+        pq.write_table(read_source(name, params.sources[name], data_root), out / f"{name}.parquet")
+    return out
+
+
+def domain_params(params, tasks=("pubmedqa_conclusion", "mqp")):
+    v = dataclasses.replace(params.variants["biomed"], domain_tasks=tuple(tasks), primary_task=tasks[0])
+    return dataclasses.replace(params, variants={**params.variants, "biomed": v})
+
+
+def test_domain_tasks_load_their_splits(params, domain_data):
+    from simcse_ops.config import ConfigError
+    from simcse_ops.evaluation import load_domain_task
+
+    test, dev = (load_domain_task(params, domain_data, "mqp", s) for s in ("test", "dev"))
+    assert (len(test.pairs), len(dev.pairs)) == (1568, 1480)
+    assert not set(test.pairs["group"]) & set(dev.pairs["group"])  # split by original question
+    r = load_domain_task(params, domain_data, "pubmedqa_conclusion", "test")
+    assert (len(r.queries), len(r.docs), len(r.qrels)) == (500, 1000, 500)
+    assert len(load_domain_task(params, domain_data, "pubmedqa_conclusion", "dev").queries) == 241
+    with pytest.raises(ConfigError, match=r"evaluate.domain_tasks.mqp: split 'validation' has 0 pairs"):
+        load_domain_task(params, domain_data, "mqp", "validation")
+
+
+@pytest.mark.slow
+def test_evaluate_domain_scores_the_variant_base_and_bm25(params, domain_data, tiny_model_dir):
+    from simcse_ops.evaluation import evaluate_domain
+
+    p = domain_params(params)
+    summary, items = evaluate_domain(p, "biomed", {"biomed": tiny_model_dir, "base": tiny_model_dir}, domain_data)
+    assert summary["models"] == ["biomed", "base", "bm25"] and summary["primary"] == "pubmedqa_conclusion"
+    ret, mqp = summary["tasks"]["pubmedqa_conclusion"], summary["tasks"]["mqp"]
+    assert (ret["metric"], ret["n"], mqp["metric"], mqp["n"]) == ("ndcg@10", 500, "ap", 1568)
+    assert set(ret["results"]) == {"biomed", "base", "bm25"} and set(mqp["results"]) == {"biomed", "base"}
+    # BM25 is independent of the encoder: the issue's measurement (83.8) on the same 500 questions
+    assert ret["results"]["bm25"]["metrics"]["ndcg@10"] == pytest.approx(83.8, abs=0.05)
+    for t in (ret, mqp):
+        r = t["results"]["biomed"]
+        lo, hi = r["ci"][t["metric"]]
+        assert lo <= r["metrics"][t["metric"]] <= hi
+        # the same encoder twice: a paired difference of exactly 0
+        assert t["vs_base"]["biomed"]["diff"] == 0.0 and t["vs_base"]["biomed"]["ci"] == [0.0, 0.0]
+    assert len(items["tasks"]["pubmedqa_conclusion"]["biomed"]["ndcg@10"]) == 500
+    assert len(items["tasks"]["mqp"]["base"]["score"]) == 1568
+
+
+@pytest.mark.slow
+def test_default_encoder_matches_the_independent_measurement(params, domain_data):
+    """all-MiniLM-L6-v2 on question -> conclusion: 88.5 nDCG@10 as measured outside the pipeline."""
+    from simcse_ops.evaluation import load_domain_task, rescore_domain_task
+
+    r = rescore_domain_task(params, "pubmedqa_conclusion", "default", domain_data)
+    assert r["metric"] == "ndcg@10" and r["value"] == pytest.approx(88.5, abs=0.05)
+    assert len(load_domain_task(params, domain_data, "pubmedqa_conclusion", "test").queries) == len(r["items"]["id"])
+
+
+def test_model_selection_uses_the_domain_dev_split(params, domain_data):
+    from simcse_ops.evaluation import dev_scorer_for
+
+    p = domain_params(params)
+    assert dev_scorer_for(p, "biomed", domain_data).metric == "pubmedqa_conclusion_dev_ndcg@10"
+    assert dev_scorer_for(p, "unsup-wiki", domain_data).metric == "stsb_dev_spearman"
+    seen = []
+
+    def embed(texts):  # records what the scorer encodes: dev questions only, never test ones
+        seen.extend(texts)
+        import numpy as np
+
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    dev_scorer_for(p, "biomed", domain_data).score(embed)
+    from simcse_ops.evaluation import load_domain_task
+
+    test_q = set(load_domain_task(p, domain_data, "pubmedqa_conclusion", "test").queries["text"])
+    dev_q = set(load_domain_task(p, domain_data, "pubmedqa_conclusion", "dev").queries["text"])
+    assert dev_q <= set(seen) and not test_q & set(seen)

@@ -212,13 +212,13 @@ def test_log_training_records_curves_summary_and_reference(store, tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     loss = [{"step": s, "epoch": s / 10, "loss": 2.0 / s, "lr": 1e-5} for s in range(1, 1201)]
-    dev = [{"step": 600, "stsb_dev_spearman": 80.1}, {"step": 1200, "stsb_dev_spearman": 81.2}]
+    dev = [{"step": 600, "dev_score": 80.1}, {"step": 1200, "dev_score": 81.2}]
     run_id = tracking.log_training("sup-nli", {"lr": 5e-5}, loss, dev,
                                    {"sentences_per_s": 950.0, "best_step": 1200, "note": "x"}, model, root, cfg)
     client = MlflowClient()
     hist = client.get_metric_history(run_id, "loss")
     assert len(hist) == 1200 and hist[0].step == 1 and hist[-1].value == pytest.approx(2.0 / 1200)
-    assert [m.value for m in client.get_metric_history(run_id, "stsb_dev_spearman")] == [80.1, 81.2]
+    assert [m.value for m in client.get_metric_history(run_id, "dev_score")] == [80.1, 81.2]
     r = client.get_run(run_id)
     assert r.data.metrics["sentences_per_s"] == 950.0 and r.data.params["lr"] == "5e-05"
     assert tracking.run_for_model("sup-nli", model, root, cfg).run_id == run_id

@@ -420,9 +420,10 @@ def log_training(
     """Log a finished training to a new run and record it in `model_dir/mlflow_run.json`.
 
     For a trainer that keeps its curves (and survives resumes): every row of `loss_curve`
-    ({"step", "loss", "lr", ...}) and `dev_curve` ({"step", "stsb_dev_spearman"}) becomes a metric
-    at its step; numeric `summary` entries (sentences_per_s, train_s, best_dev_spearman, ...) are
-    logged at the last step. Returns the run id.
+    ({"step", "loss", "lr", ...}) and `dev_curve` ({"step", "dev_score"}: the model-selection
+    score, named by train.json `dev_metric`) becomes a metric at its step; numeric `summary`
+    entries (sentences_per_s, train_s, best_dev_score, ...) are logged at the last step. Returns
+    the run id.
     """
     from mlflow.entities import Metric
 

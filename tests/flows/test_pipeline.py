@@ -11,6 +11,7 @@ import pytest
 
 from flows.pipeline import (
     artifact_key,
+    domain_rows,
     mlflow_run_url,
     pipeline,
     plan_stages,
@@ -78,6 +79,17 @@ def test_artifact_keys_and_links():
     assert "champion now: version 3" in md
     assert "fail: avg 70.10 vs champion v3 71.00" in md
     assert "[abc](http://h:5000/#/runs/abc)" in md
+
+
+def test_domain_table_shows_bm25_base_champion_and_challenger_with_intervals(tmp_path):
+    from tests.registry_support import write_domain
+
+    write_domain(tmp_path / "metrics" / "biomed", "biomed", [1.0, 0.5, 0.0], [0.5, 0.5, 0.5])
+    decision = {"domain": {"pubmedqa_conclusion": {"metric": "ndcg@10", "challenger": 50.0, "champion": 48.25}}}
+    [row] = domain_rows(tmp_path, "biomed", decision)
+    assert row == {"task": "pubmedqa_conclusion (primary)", "metric": "ndcg@10", "n": 3, "bm25": None,
+                   "base": "50.00 [49.00, 51.00]", "champion": "48.25", "challenger": "50.00 [49.00, 51.00]"}
+    assert domain_rows(tmp_path, "sup-nli", None) == []  # no domain.json: no table
 
 
 @pytest.fixture()
