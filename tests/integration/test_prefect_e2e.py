@@ -233,8 +233,14 @@ def test_domain_retrain_through_server_worker_dvc_and_mlflow(prefect, project, d
     assert any(f"new version 1 {said}" in m for m in logs), logs[-20:]
     if decision["promoted"]:
         assert champion_version(project, "simcse-biomed") == 1
+    # a domain variant is gated on its primary domain task (paired bootstrap) first
+    assert decision["reasons"][0].startswith(("ok: domain: mqp ap", "fail: domain: mqp ap")), decision["reasons"]
+    assert (project / "metrics/base/domain.json").is_file() and (project / "metrics/biomed/domain.json").is_file()
     arts = prefect.artifacts_of(run_id)
-    assert {"retrain-biomed-sts", "registry-biomed"} <= set(arts)
+    assert {"retrain-biomed-sts", "registry-biomed", "retrain-biomed-biomed-domain"} <= set(arts)
+    table = arts["retrain-biomed-biomed-domain"]["data"]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert table[0]["task"] == "mqp (primary)" and table[0]["base"] and table[0]["challenger"]
     rows = arts["retrain-biomed-sts"]["data"]
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert [r["variant"] for r in rows] == ["biomed", "base"]

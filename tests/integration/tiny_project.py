@@ -19,8 +19,10 @@ from pathlib import Path
 
 import yaml
 
-# Sources the tiny pipeline needs: the 7 STS tasks, the domain corpus, SEAT for the bias stage.
-KEEP_SOURCES = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sick", "sick_full", "pubmedqa", "seat")
+# Sources the tiny pipeline needs: the 7 STS tasks, the domain corpus, a domain evaluation set
+# (Medical Question Pairs), SEAT for the bias stage.
+KEEP_SOURCES = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sick", "sick_full", "pubmedqa", "mqp", "seat")
+MQP_PAIRS = 60        # first pairs of mqp.csv (30 original questions, split dev/test by question)
 STS_PAIRS = 12        # scored pairs per STS input file / lines per split file
 PUBMED_ABSTRACTS = 4  # abstracts in the first domain file (about 40 sentences)
 SEAT_TEST = "sent-weat1"
@@ -91,6 +93,8 @@ def make_tiny_data(data_src: Path, dst: Path, params: dict) -> None:
         _cut_sick_full(data_src / rel, dst / rel)
     write_pubmedqa(dst / "domain/biomedical/pubmedqa_pqal/ori_pqal.json",
                    pubmedqa_abstracts(data_src, 0, PUBMED_ABSTRACTS))
+    for rel in sources["mqp"]["paths"]:
+        _cut_head(data_src / rel, dst / rel, MQP_PAIRS)
     seat = json.loads((data_src / f"bias/sent-bias/tests/{SEAT_TEST}.jsonl").read_text())
     for part in seat.values():
         part["examples"] = part["examples"][:SEAT_EXAMPLES]
@@ -107,6 +111,11 @@ def tiny_params(real: dict, data_root: Path, model_dir: Path) -> dict:
     p = copy.deepcopy(real)
     p["data"]["root"] = str(data_root)
     p["sources"] = {k: v for k, v in p["sources"].items() if k in KEEP_SOURCES}
+    # every tiny abstract is trained on (no official test file in the tiny data root)
+    p["sources"]["pubmedqa"]["options"] = {k: v for k, v in p["sources"]["pubmedqa"].get("options", {}).items()
+                                           if k != "splits"}
+    p["evaluate"]["domain_tasks"] = {"mqp": {"source": "mqp", "metric": "ap"}}
+    p["evaluate"]["bootstrap"] = {"n_resamples": 200, "confidence": 0.95, "seed": 0}
     p["sources"]["seat"]["paths"] = [f"bias/sent-bias/tests/{SEAT_TEST}.jsonl"]
     p["evaluate"].update(batch_size=32, device="cpu")
     p["bias"].update(tests=[SEAT_TEST], n_samples=200, batch_size=32, device="cpu")
@@ -126,9 +135,9 @@ def tiny_params(real: dict, data_root: Path, model_dir: Path) -> dict:
     }
     p["variants"] = {
         "base": {"method": "pretrained", "base_model": str(model_dir), "pooler": "avg",
-                 "description": "tiny random BERT, untrained"},
+                 "description": "tiny random BERT, untrained", "domain_tasks": ["mqp"]},
         "biomed": {"method": "unsup", "corpus": ["pubmedqa"], **tiny_variant,
-                   "description": "tiny domain variant"},
+                   "description": "tiny domain variant", "domain_tasks": ["mqp"], "primary_task": "mqp"},
     }
     p["flows"] = {**p.get("flows", {}), "retries": 0, "mlflow_ui": "http://127.0.0.1:5000"}
     return p

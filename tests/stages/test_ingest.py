@@ -148,6 +148,7 @@ def test_real_sts13_through_the_stage(tmp_path, monkeypatch, params, data_root):
     raw["sources"] = {"sts13": raw["sources"]["sts13"]}
     raw["evaluate"]["tasks"] = {"sts13": {"source": "sts13"}}
     raw["evaluate"]["dev_task"] = {"source": "sts13"}
+    raw["evaluate"]["domain_tasks"] = {}
     raw["variants"] = {}
     for key in [k for k in raw if k not in ("data", "sources", "ingest", "evaluate", "variants")]:
         del raw[key]
