@@ -161,3 +161,11 @@ def test_champion_without_domain_items_is_not_comparable(dg, champion_values):
     other = {"pmqa": DomainScore("ndcg@10", 80.0, None, {"id": ["x", "y"], "ndcg@10": [1.0, 0.0]})}
     d = decide(scores(80.0, domain=domain(champion_values)), scores(80.0, domain=other), "champion v1", None, dg)
     assert not d.promote and "not on the same items" in d.reasons[0]
+
+
+def test_results_on_other_task_data_are_not_comparable(dg, champion_values):
+    """Same query ids, but the champion was scored against another document collection."""
+    mine = {"pmqa": dataclasses.replace(domain(champion_values)["pmqa"], fingerprint="aaaa")}
+    theirs = {"pmqa": dataclasses.replace(domain(champion_values)["pmqa"], fingerprint="bbbb")}
+    d = decide(scores(80.0, domain=mine), scores(80.0, domain=theirs), "champion v1", None, dg)
+    assert not d.promote and "scored on other pmqa data" in d.reasons[0]

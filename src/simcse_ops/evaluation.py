@@ -5,6 +5,7 @@ selects its best step on."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ class DomainTaskData:
     @property
     def n(self) -> int:
         return len(self.pairs) if self.kind == "pairs" else len(self.queries)
+
+    def fingerprint(self) -> str:
+        """sha256 of the task's content (pairs and labels; queries, documents and judgments):
+        two results are comparable item by item only on the same content (a grown document
+        collection changes every query's ranking)."""
+        h = hashlib.sha256()
+        frames = [self.pairs] if self.kind == "pairs" else [self.queries, self.docs, self.qrels]
+        for df in frames:
+            h.update(pd.util.hash_pandas_object(df.sort_values(list(df.columns)), index=False).values.tobytes())
+        return h.hexdigest()[:16]
 
 
 def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str) -> DomainTaskData:
@@ -152,7 +163,7 @@ def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
     for t, d in data.items():
         metric = task_metric(params, t, d.kind)
         task_out = {"kind": d.kind, "source": cfg.domain_tasks[t].source, "split": cfg.domain_tasks[t].split,
-                    "metric": metric, "n": d.n, "results": {}, "vs_base": {}}
+                    "metric": metric, "n": d.n, "fingerprint": d.fingerprint(), "results": {}, "vs_base": {}}
         for label, r in results[t].items():
             task_out["results"][label] = {"metrics": r["metrics"], "ci": r["ci"], "timing": r["timing"]}
         for label, r in results[t].items():
@@ -214,4 +225,5 @@ def rescore_domain_task(params: Params, task: str, model_path: str | Path, data_
     r = domain.with_intervals(score_domain_task(data, embed, chunker, cfg.long_documents),
                               b.n_resamples, b.confidence, b.seed)
     metric = task_metric(params, task, data.kind)
-    return {"metric": metric, "value": r["metrics"][metric], "ci": r["ci"][metric], "items": r["items"]}
+    return {"metric": metric, "value": r["metrics"][metric], "ci": r["ci"][metric], "items": r["items"],
+            "fingerprint": data.fingerprint()}

@@ -65,6 +65,7 @@ class DomainScore:
     value: float  # x100 on the task's reported split
     ci: tuple[float, float] | None = None
     items: Mapping[str, Sequence] | None = None  # per query / pair (see simcse_ops.stats)
+    fingerprint: str | None = None  # of the task's content (evaluation.DomainTaskData.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,10 @@ def _domain(challenger: Scores, ref: Scores, label: str, g: GateInputs, first: b
     if theirs is None or theirs.items is None:
         return False, [f"fail: domain: {label} has no per-item results on {task}; not comparable "
                        f"(re-register it, or promote with --force --reason)"]
+    if mine.fingerprint != theirs.fingerprint:
+        return False, [f"fail: domain: {label} was scored on other {task} data (fingerprint "
+                       f"{theirs.fingerprint} vs {mine.fingerprint}); not comparable (re-score it: rerun "
+                       f"the register stage with --data, or promote with --force --reason)"]
     b = g.bootstrap
     try:
         t = paired_bootstrap(mine.items, theirs.items, mine.metric, n_resamples=b.n_resamples,

@@ -110,7 +110,8 @@ def load_domain(metrics_dir: Path | str, model: str | None = None) -> dict[str, 
         if r is None:
             continue
         m = t["metric"]
-        out[task] = DomainScore(m, float(r["metrics"][m]), tuple(r["ci"][m]), items.get(task, {}).get(model))
+        out[task] = DomainScore(m, float(r["metrics"][m]), tuple(r["ci"][m]), items.get(task, {}).get(model),
+                                t.get("fingerprint"))
     return out
 
 
@@ -539,19 +540,21 @@ def register_variant(
 
 def _same_items(a: Scores, b: Scores, task: str) -> bool:
     da, db = a.domain.get(task), b.domain.get(task)
-    return bool(da and db and da.items and db.items and set(da.items["id"]) == set(db.items["id"]))
+    return bool(da and db and da.items and db.items and da.fingerprint == db.fingerprint
+                and set(da.items["id"]) == set(db.items["id"]))
 
 
 def _rescore_champion(params, variant: str, name: str, champ_mv, champion: Scores, data_dir,
                       task: str, log) -> Scores:
     """The champion on the current primary task, when its logged per-item results are missing
-    (registered before domain evaluation) or on other items (the evaluation set changed)."""
+    (registered before domain evaluation) or on other data (the evaluation set or its document
+    collection changed: another fingerprint)."""
     from simcse_ops.evaluation import rescore_domain_task  # torch and the encoder, only when needed
 
     log(f"register: {name} v{champ_mv.version} has no per-item results on the current {task}; re-scoring it")
     path = download_registered_model(f"models:/{name}/{champ_mv.version}")
     r = rescore_domain_task(params, task, path, data_dir)
-    rescored = DomainScore(r["metric"], float(r["value"]), tuple(r["ci"]), r["items"])
+    rescored = DomainScore(r["metric"], float(r["value"]), tuple(r["ci"]), r["items"], r["fingerprint"])
     return dataclasses.replace(champion, domain={**champion.domain, task: rescored})
 
 
