@@ -149,7 +149,9 @@ def gate_inputs(params, variant: str) -> GateInputs:
         cfg=cfg,
         bias_cfg=_bias_config(params) if cfg.bias_gate else None,
         is_base_variant=variant == cfg.base_variant,
-        primary=params.variant(variant).primary,
+        # the primary domain task gates domain variants only; base scores the domain tasks as
+        # the reference (the card and tags show them) and is gated as a general variant
+        primary=params.variant(variant).primary if variant in params.domain_variants() else None,
         bootstrap=params.evaluate.bootstrap,
     )
 
