@@ -294,6 +294,16 @@ def make_chunker(tokenizer, max_tokens: int, overlap: int = 32) -> Chunker:
     return chunk
 
 
+def _retrieval_inputs(queries: pd.DataFrame, docs: pd.DataFrame, qrels: pd.DataFrame):
+    """Checked (query ids, doc ids, relevance judgments) of a retrieval task, for any scorer."""
+    _require(queries, "queries", ("id", "text"))
+    _require(docs, "docs", ("id", "text"))
+    query_ids, doc_ids = _check_ids(queries, "queries"), _check_ids(docs, "docs")
+    if not doc_ids:
+        raise ValueError("retrieval: the corpus is empty")
+    return query_ids, doc_ids, qrels_dict(qrels, query_ids, doc_ids)
+
+
 def score_retrieval(
     embed: EmbedFn,
     queries: pd.DataFrame,
@@ -315,12 +325,7 @@ def score_retrieval(
         raise ValueError(f"long_documents={long_documents!r}; expected one of {', '.join(LONG_DOCUMENTS)}")
     if long_documents == "max_chunk" and chunker is None:
         raise ValueError("long_documents='max_chunk' needs a chunker (see simcse_ops.domain.make_chunker)")
-    _require(queries, "queries", ("id", "text"))
-    _require(docs, "docs", ("id", "text"))
-    query_ids, doc_ids = _check_ids(queries, "queries"), _check_ids(docs, "docs")
-    if not doc_ids:
-        raise ValueError("retrieval: the corpus is empty")
-    rel = qrels_dict(qrels, query_ids, doc_ids)
+    query_ids, doc_ids, rel = _retrieval_inputs(queries, docs, qrels)
     t0 = time.perf_counter()
     texts = _doc_texts(docs)
     if long_documents == "max_chunk":
@@ -383,12 +388,7 @@ def score_bm25(
     """
     import bm25s
 
-    _require(queries, "queries", ("id", "text"))
-    _require(docs, "docs", ("id", "text"))
-    query_ids, doc_ids = _check_ids(queries, "queries"), _check_ids(docs, "docs")
-    if not doc_ids:
-        raise ValueError("retrieval: the corpus is empty")
-    rel = qrels_dict(qrels, query_ids, doc_ids)
+    query_ids, doc_ids, rel = _retrieval_inputs(queries, docs, qrels)
     stemmer = None
     if stem:
         try:
