@@ -9,8 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from simcse_ops.bias import load_bias_config, load_seat_tests, probe_model
+from simcse_ops.bias import load_seat_tests, probe_model
 from simcse_ops.config import load_params
+from simcse_ops.errors import run_main
 from simcse_ops.files import atomic_path, write_json
 
 CSV_FIELDS = ("test", "effect_size", "p_value", "p_value_holm", "significant")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     params.variant(args.variant)  # unknown variant -> error listing the known ones
-    cfg = load_bias_config(params)
+    cfg = params.bias
     tests = load_seat_tests(args.data, cfg, params.path)
 
     t0 = time.perf_counter()
@@ -59,4 +60,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

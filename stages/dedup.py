@@ -14,6 +14,7 @@ from pathlib import Path
 
 from simcse_ops.config import load_params
 from simcse_ops.dedup import run_dedup
+from simcse_ops.errors import run_main
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,4 +39,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

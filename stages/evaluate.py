@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from simcse_ops.config import load_params
+from simcse_ops.errors import run_main
 from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
 from simcse_ops.files import atomic_path, write_json
 
@@ -73,4 +74,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

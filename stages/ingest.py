@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from simcse_ops.config import load_params
+from simcse_ops.errors import run_main
 from simcse_ops.ingest import run_ingest
 
 
@@ -33,4 +34,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from simcse_ops import tracking
 from simcse_ops.config import load_params
+from simcse_ops.errors import RegistryError, run_main
 from simcse_ops.files import write_json
-from simcse_ops.registry import RegistryError, register_variant
+from simcse_ops.registration import register_variant
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     params.variant(args.variant)
     root = Path(args.params).resolve().parent
-    uri = tracking.configure(root, tracking.mlflow_config(params))
+    uri = tracking.configure(root, params.mlflow)
     print(f"register@{args.variant}: MLflow store {uri}")
     try:
         result = register_variant(
@@ -46,4 +47,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

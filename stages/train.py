@@ -19,22 +19,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
+from simcse_ops import tracking
 from simcse_ops.config import load_params
+from simcse_ops.encoder import export_pretrained
+from simcse_ops.errors import run_main
+from simcse_ops.evaluation import dev_scorer_for
+from simcse_ops.files import write_json
+from simcse_ops.trainer import run_training, write_curves
+from simcse_ops.tsdae import run_tsdae
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--data", type=Path, default=Path("data/clean"), help="folder of <source>.parquet training data")
-    ap.add_argument("--eval-data", type=Path, default=Path("data/ingested"),
+    ap.add_argument("--data", type=Path, required=True, help="folder of <source>.parquet training data")
+    ap.add_argument("--eval-data", type=Path, required=True,
                     help="folder holding the dev task's <source>.parquet (evaluate.dev_task)")
     ap.add_argument("--no-dev", action="store_true", help="skip dev evaluation; export the final step")
     ap.add_argument("--out", type=Path, required=True, help="model folder to write")
     ap.add_argument("--metrics", type=Path, required=True, help="folder for training metrics and plots")
-    ap.add_argument("--checkpoints", type=Path, default=None, help="resumable checkpoints (default checkpoints/<variant>)")
+    ap.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -44,31 +52,20 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     variant = params.variant(args.variant)
     if variant.method == "pretrained":
-        from simcse_ops.encoder import export_pretrained
-
-        from simcse_ops.files import write_json
-        from simcse_ops.trainer import write_curves
-
         export_pretrained(variant.base_model, args.out)
         # The DVC stage declares the same metrics for every variant: an untrained one has no curve.
         write_curves(args.metrics, [], [])
         write_json(args.metrics / "train.json", {"variant": args.variant, "method": "pretrained", "steps": 0})
         return
 
-    from simcse_ops.evaluation import dev_scorer_for
-
-    if variant.method == "tsdae":
-        from simcse_ops.tsdae import run_tsdae as run
-    else:
-        from simcse_ops.trainer import run_training as run
-
+    run = run_tsdae if variant.method == "tsdae" else run_training
     result = run(
         variant,
         variant=args.variant,
         data_dir=args.data,
         out_dir=args.out,
         metrics_dir=args.metrics,
-        ckpt_dir=args.checkpoints or Path("checkpoints") / args.variant,
+        ckpt_dir=args.checkpoints,
         dev=None if args.no_dev else dev_scorer_for(params, args.variant, args.eval_data),
         dev_batch_size=params.evaluate.batch_size,
         device=args.device,
@@ -79,14 +76,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
-    """Params, per-step loss and dev score, sentences/s, lineage and system tags; the run id
-    goes to `<out>/mlflow_run.json` so evaluation, bias and registration attach to the same run."""
-    from dataclasses import asdict
-
-    from simcse_ops import tracking
-
+    """Params, per-step loss and dev score, sentences/s, lineage and system tags to a new MLflow
+    run, tagged with the hash of the model folder (`model_sha256`): registration finds the run by
+    it (`tracking.run_for_model`). Nothing is written into the model folder."""
     root = Path(args.params).resolve().parent
-    cfg = tracking.mlflow_config(params)
+    cfg = params.mlflow
     tracking.configure(root, cfg)
     summary = {k: v for k, v in asdict(result).items() if k not in ("loss_curve", "dev_curve")}
     tracking.log_training(
@@ -95,4 +89,4 @@ def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback

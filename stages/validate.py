@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from simcse_ops.config import load_params
+from simcse_ops.errors import run_main
 from simcse_ops.expectations import run_validate
 
 
@@ -42,4 +43,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback
