@@ -12,14 +12,10 @@ import pytest
 
 from simcse_ops.bias import (
     SETS,
-    BiasConfig,
-    BiasGateConfig,
     SeatTest,
     association,
     effect_size,
-    gate_bias,
     holm_bonferroni,
-    load_bias_config,
     load_seat_tests,
     n_partitions,
     permutation_p_value,
@@ -27,7 +23,8 @@ from simcse_ops.bias import (
     seat_from_embeddings,
     seat_tests_from_table,
 )
-from simcse_ops.config import ConfigError, parse_params
+from simcse_ops.config import BiasConfig, BiasGateConfig, ConfigError, parse_params
+from simcse_ops.gate import gate_bias
 from simcse_ops.files import DataError
 
 SEAT_GLOBS = ("bias/sent-bias/tests/*.jsonl", "bias/bias-bench-seat-religion/*.jsonl")
@@ -355,7 +352,7 @@ def _params_with_bias(params, bias: dict):
 
 
 def test_bias_config_from_project_params(params):
-    cfg = load_bias_config(params)
+    cfg = params.bias
     assert cfg.n_samples == 100_000 and cfg.alpha == 0.01 and cfg.source == "seat"
     assert cfg.gate.max_n_significant_increase >= 0
 
@@ -374,7 +371,7 @@ def test_bias_config_from_project_params(params):
 )
 def test_bias_config_rejects(params, bias, message):
     with pytest.raises(ConfigError, match=message):
-        load_bias_config(_params_with_bias(params, bias))
+        _params_with_bias(params, bias)
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,3 +83,52 @@ def test_data_root_relative_to_params_and_env_override(raw, tmp_path, monkeypatc
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+# --------------------------------------------------------------------------------------------
+# Every section is typed at load: a typo anywhere fails before any stage does work.
+
+
+@pytest.mark.parametrize(
+    "section, path, value, message",
+    [
+        ("register", ["epsilom"], 0.5, r"register: unknown key\(s\) 'epsilom'"),
+        ("register", ["domain", "alfa"], 0.05, r"register\.domain: unknown key\(s\) 'alfa'"),
+        ("register", ["domain", "alpha"], 0.7, r"register\.domain\.alpha: expected 0 < alpha < 0\.5"),
+        ("register", ["base_variant"], "bsae", r"register\.base_variant: no variant 'bsae'"),
+        ("register", ["bias_gate"], "yes", r"register\.bias_gate: expected true or false"),
+        ("bias", ["gate", "max_n_significant"], 1, r"bias\.gate: unknown key\(s\) 'max_n_significant'"),
+        ("bias", ["alpha"], 2.0, r"bias\.alpha: 2\.0; expected a number in \(0, 1\)"),
+        ("dedup", ["thresold"], 0.7, r"dedup: unknown key\(s\) 'thresold'"),
+        ("dedup", ["bands"], 30, r"dedup\.bands: 30 must divide dedup\.num_perm"),
+        ("validate", ["corpus", "unique", "severity"], "fatal", r"validate\.corpus\.unique\.severity: 'fatal'"),
+        ("validate", ["eval_roles"], ["eval-stss"], r"validate\.eval_roles\[0\]: 'eval-stss' is not a role"),
+        ("flows", ["retires"], 2, r"flows: unknown key\(s\) 'retires'"),
+        ("flows", ["retries"], "two", r"flows\.retries: expected an integer, got 'two'"),
+        ("mlflow", ["experimnt"], "x", r"mlflow: unknown key\(s\) 'experimnt'"),
+        ("mlflow", ["retries"], -1, r"mlflow: expected retries >= 0"),
+        ("evaluate", ["bootstrap", "n_resample"], 10, r"evaluate\.bootstrap: unknown key\(s\) 'n_resample'"),
+        ("ingest", ["max_bad"], 0.1, r"ingest: unknown key\(s\) 'max_bad'"),
+    ],
+)
+def test_a_typo_in_any_section_fails_at_load(raw, tmp_path, section, path, value, message):
+    import copy
+
+    bad = copy.deepcopy(raw)
+    node = bad.setdefault(section, {})
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=r"p\.yaml: " + message):
+        parse_params(bad, tmp_path / "p.yaml")
+
+
+def test_every_section_is_typed(params):
+    """No section stays a plain mapping until its stage runs."""
+    import dataclasses
+
+    for f in dataclasses.fields(params):
+        if f.name not in ("path",):
+            value = getattr(params, f.name)
+            inner = next(iter(value.values())) if isinstance(value, dict) and value else value
+            assert dataclasses.is_dataclass(inner), f"params.{f.name} is not typed: {type(inner)}"

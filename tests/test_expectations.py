@@ -7,10 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from simcse_ops.config import ConfigError, _build
+from simcse_ops.config import ConfigError, ValidateConfig, _build
 from simcse_ops.expectations import (
     Batch,
-    ValidateConfig,
     ValidationFailed,
     build_suite,
     prepare_frame,
@@ -55,8 +54,12 @@ def test_disabled_check_is_not_built():
 def test_params_are_strict():
     with pytest.raises(ConfigError, match="severity"):
         _build(ValidateConfig, {"corpus": {"unique": {"severity": "fatal"}}}, "validate", Path("p.yaml"))
-    with pytest.raises(ConfigError, match="score_range"):
-        _build(ValidateConfig, {"sts": {"score_range": {"default": [5, 0]}}}, "validate", Path("p.yaml"))
+    from simcse_ops.config import parse_params
+
+    raw = {"data": {}, "ingest": {}, "sources": {}, "evaluate": {"tasks": {}}, "variants": {},
+           "validate": {"sts": {"score_range": {"default": [5, 0]}}}}
+    with pytest.raises(ConfigError, match=r"p\.yaml: validate\.sts\.score_range\.default: expected \[min, max\]"):
+        parse_params(raw, "p.yaml")
 
 
 def test_clean_batches_pass(sents):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from simcse_ops.config import BootstrapConfig
-from simcse_ops.gate import DomainGateConfig, DomainScore, GateInputs, RegisterConfig, Scores, decide
+from simcse_ops.config import DomainGateConfig, RegisterConfig
+from simcse_ops.gate import DomainScore, GateInputs, Scores, decide
 
 TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
 CFG = RegisterConfig(epsilon=0.5, delta=1.0)
@@ -24,9 +25,7 @@ def scores(avg: float, bias_mean: float = 0.3, n_sig: int = 2, domain=None, **ta
 
 @pytest.fixture(scope="module")
 def bias_cfg(params):
-    from simcse_ops.bias import load_bias_config
-
-    return load_bias_config(params)
+    return params.bias
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Social-bias probes for sentence encoders: SEAT (May et al. 2019), and the bias promotion gate.
+"""Social-bias probes for sentence encoders: SEAT (May et al. 2019). The bias criterion of the
+promotion gate is `gate.gate_bias`.
 
 SEAT is the sentence-level version of WEAT (Caliskan et al. 2017). A test names two target sets
 X, Y (e.g. sentences about European-American and African-American names) and two attribute sets
@@ -45,18 +46,21 @@ w_hat . (mean_a a_hat - mean_b b_hat) (unit vectors), and partition sums are num
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from simcse_ops.config import ConfigError, Params, section
-from simcse_ops.files import DataError
+from simcse_ops.config import BiasConfig, ConfigError
+from simcse_ops.encoder import encode, load_sentence_transformer
+from simcse_ops.errors import DataError
 from simcse_ops.sts import embed_unique
 
 EmbedFn = Callable[[list[str]], np.ndarray]
@@ -69,55 +73,6 @@ _CHUNK_ELEMENTS = 2_000_000
 
 # --------------------------------------------------------------------------------------------
 # Configuration: params.yaml `bias`
-
-
-@dataclass(frozen=True)
-class BiasGateConfig:
-    """How much worse than the champion a challenger may be on the bias summary.
-
-    `null` disables a criterion. Both are absolute differences, challenger minus champion.
-    """
-
-    max_mean_abs_effect_size_increase: float | None = 0.05
-    max_n_significant_increase: int | None = 1
-
-
-@dataclass(frozen=True)
-class BiasConfig:
-    source: str = "seat"  # the ingested source (data/ingested/<source>.parquet) with SEAT tests
-    tests: tuple[str, ...] = ()  # test names (file stems); empty = every test in the source
-    n_samples: int = 100_000  # exact test when C(|X|+|Y|, |X|) <= n_samples, else this many partitions
-    seed: int = 0
-    alpha: float = 0.01  # family-wise error rate (Holm-Bonferroni over the tests of one run)
-    batch_size: int = 128
-    max_seq_length: int | None = None  # None: the model's own maximum
-    device: str = "auto"
-    gate: BiasGateConfig = field(default_factory=BiasGateConfig)
-
-
-def load_bias_config(params: Params) -> BiasConfig:
-    """Type and check params.yaml `bias`."""
-    cfg: BiasConfig = section(params, "bias", BiasConfig)
-    where = f"{params.path}: bias"
-    if cfg.n_samples < 1:
-        raise ConfigError(f"{where}.n_samples: {cfg.n_samples}; expected an integer >= 1")
-    if not 0.0 < cfg.alpha < 1.0:
-        raise ConfigError(f"{where}.alpha: {cfg.alpha}; expected a number in (0, 1)")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"{where}.batch_size: {cfg.batch_size}; expected an integer >= 1")
-    if cfg.source not in params.sources:
-        raise ConfigError(f"{where}.source: no source {cfg.source!r} in sources")
-    if params.sources[cfg.source].format != "seat_json":
-        raise ConfigError(
-            f"{where}.source: {cfg.source!r} has format {params.sources[cfg.source].format!r}; "
-            f"expected a seat_json source"
-        )
-    g = cfg.gate
-    if g.max_mean_abs_effect_size_increase is not None and g.max_mean_abs_effect_size_increase < 0:
-        raise ConfigError(f"{where}.gate.max_mean_abs_effect_size_increase: expected >= 0 or null")
-    if g.max_n_significant_increase is not None and g.max_n_significant_increase < 0:
-        raise ConfigError(f"{where}.gate.max_n_significant_increase: expected >= 0 or null")
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,82 +395,11 @@ def run_seat(tests: Mapping[str, SeatTest], embed: EmbedFn, cfg: BiasConfig) -> 
 
 def probe_model(cfg: BiasConfig, model_path: str | Path, tests: Mapping[str, SeatTest]) -> dict[str, Any]:
     """Load the model and run the SEAT tests on it."""
-    from simcse_ops.encoder import encode, load_sentence_transformer
 
     model = load_sentence_transformer(model_path, max_seq_length=cfg.max_seq_length, device=cfg.device)
     result = run_seat(tests, lambda s: encode(model, s, batch_size=cfg.batch_size), cfg)
     result["model"] = {"path": str(model_path), "max_seq_length": model.max_seq_length, "device": str(model.device)}
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# The promotion criterion
-
-
-def _summary_of(obj: Mapping[str, Any], who: str) -> tuple[float, int, int]:
-    """(mean_abs_effect_size, n_significant, n_tests) from a summary or a whole bias.json mapping.
-
-    Values may be strings (as read back from MLflow tags)."""
-    summary = obj.get("summary", obj)
-    try:
-        return (
-            float(summary["mean_abs_effect_size"]),
-            int(float(summary["n_significant"])),
-            int(float(summary["n_tests"])),
-        )
-    except KeyError as e:
-        raise ValueError(
-            f"{who} bias summary lacks {e.args[0]!r}; expected mean_abs_effect_size, n_significant, "
-            f"n_tests (metrics/<variant>/bias.json `summary`)"
-        ) from None
-    except (TypeError, ValueError):
-        raise ValueError(f"{who} bias summary has a non-numeric value: {dict(summary)!r}") from None
-
-
-def gate_bias(
-    challenger_summary: Mapping[str, Any],
-    champion_summary: Mapping[str, Any] | None,
-    cfg: BiasConfig | BiasGateConfig,
-) -> tuple[bool, list[str]]:
-    """May the challenger replace the champion as far as bias goes? -> (ok, reasons).
-
-    Criteria (params.yaml `bias.gate`; a null threshold skips its criterion):
-    - challenger mean |d| <= champion mean |d| + max_mean_abs_effect_size_increase
-    - challenger n_significant <= champion n_significant + max_n_significant_increase
-    Summaries must come from the same number of tests, otherwise they are not comparable and the
-    gate fails. Every criterion checked yields one reason, prefixed "ok: bias:" or "fail: bias:"
-    (the registry gate's convention). With no reference summary (`None`: no champion, or one
-    registered without bias results) the criterion holds vacuously.
-    """
-    g = cfg.gate if isinstance(cfg, BiasConfig) else cfg
-    c_mean, c_sig, c_n = _summary_of(challenger_summary, "challenger")
-    if champion_summary is None:
-        return True, ["ok: bias: no reference bias summary to compare with"]
-    k_mean, k_sig, k_n = _summary_of(champion_summary, "champion")
-    if c_n != k_n:
-        return False, [
-            f"fail: bias: challenger was probed on {c_n} SEAT tests, champion on {k_n}; "
-            f"rerun the bias stage on both with the same bias.tests"
-        ]
-    ok = True
-    reasons: list[str] = []
-    if g.max_mean_abs_effect_size_increase is not None:
-        limit = k_mean + g.max_mean_abs_effect_size_increase
-        passed = c_mean <= limit + 1e-12
-        ok &= passed
-        reasons.append(
-            f"{'ok' if passed else 'fail'}: bias: mean |effect size| {c_mean:.4f} vs champion {k_mean:.4f} "
-            f"({c_mean - k_mean:+.4f}; allowed +{g.max_mean_abs_effect_size_increase:.4f})"
-        )
-    if g.max_n_significant_increase is not None:
-        limit_n = k_sig + g.max_n_significant_increase
-        passed = c_sig <= limit_n
-        ok &= passed
-        reasons.append(
-            f"{'ok' if passed else 'fail'}: bias: {c_sig} significant SEAT tests of {c_n} vs champion {k_sig} "
-            f"({c_sig - k_sig:+d}; allowed +{g.max_n_significant_increase})"
-        )
-    return bool(ok), reasons
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,9 +452,6 @@ def effect_size_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m simcse_ops.bias metrics/base/bias.json metrics/sup-nli/bias.json ...` prints the
     README's effect-size table (columns in the order given)."""
-    import argparse
-    import json
-
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("files", nargs="+", type=Path, help="bias.json files written by the bias stage")
     args = ap.parse_args(argv)

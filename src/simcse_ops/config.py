@@ -17,9 +17,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from simcse_ops.errors import ConfigError  # the one definition; importers may take it from here
 
 DATA_ROOT_ENV = "SIMCSE_DATA_ROOT"
 
@@ -27,8 +30,6 @@ DATA_ROOT_ENV = "SIMCSE_DATA_ROOT"
 Role = Literal["eval-sts", "eval-domain", "train-unsup", "train-sup", "domain", "bias"]
 
 
-class ConfigError(ValueError):
-    """A `params.yaml` value that cannot be used; the message names the file and the key."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +140,246 @@ class VariantConfig:
         return self.primary_task or (self.domain_tasks[0] if self.domain_tasks else None)
 
 
+# --------------------------------------------------------------------------------------------
+# dedup
+
+
+MAX_NGRAM = 16  # dedup hashes n-grams with one multiplier per position (dedup._NGRAM_C)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """params.yaml `dedup`: near-duplicate removal and decontamination (dedup.py)."""
+
+    # Roles whose sources are cleaned and written to data/clean.
+    roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")
+    # Every sentence of every source with one of these roles is an evaluation sentence.
+    eval_roles: tuple[str, ...] = ("eval-sts",)
+    # More evaluation sets by source name (any role and kind), e.g. a domain STS set.
+    extra_eval_sources: tuple[str, ...] = ()
+    # Duplicates across training sources of the same kind (earlier source in params.yaml wins).
+    across_sources: bool = True
+    ngram: int = 2  # word n-gram shingles, 1..MAX_NGRAM
+    threshold: float = 0.7
+    num_perm: int = 128
+    bands: int = 32
+    # In a band bucket, each item is compared with the bucket's first item and its `bucket_window`
+    # predecessors, which bounds the pairs a huge bucket can produce.
+    bucket_window: int = 16
+    # Candidates whose MinHash estimate of J is below threshold - margin are not verified.
+    prefilter_margin: float = 0.15
+    seed: int = 1234
+    # Fail the stage when a source loses more than this share of its rows (a file ingested
+    # twice, a corpus built from an evaluation set): never clean such data silently.
+    max_removed_fraction: float = 0.3
+
+    @property
+    def rows(self) -> int:
+        return self.num_perm // self.bands
+
+
+# --------------------------------------------------------------------------------------------
+# validate (Great Expectations suites per data kind, expectations.py)
+
+
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    severity: Severity = "critical"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CountRule(Rule):
+    min: int | None = 1
+    max: int | None = None
+
+
+@dataclass(frozen=True)
+class LengthRule(Rule):
+    min: int = 1
+    max: int = 256
+    mostly: float = 1.0  # share of rows that must lie in [min, max]
+
+
+@dataclass(frozen=True)
+class ShareRule(Rule):
+    max_share: float = 0.0  # share of rows allowed to break the rule
+
+
+@dataclass(frozen=True)
+class SetRule(Rule):
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreRangeRule(Rule):
+    default: tuple[float, ...] = (0.0, 5.0)
+    per_source: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def range_for(self, source: str) -> tuple[float, float]:
+        lo, hi = self.per_source.get(source, self.default)
+        return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class RowCountsRule(Rule):
+    expected: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> rows
+
+
+@dataclass(frozen=True)
+class CorpusSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    length_tokens: LengthRule = LengthRule(severity="warning", min=3, max=128, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    non_latin: ShareRule = ShareRule(severity="warning", max_share=0.02)
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class NliSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=128, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class TextPairsSuiteConfig:
+    """Unlabelled positive pairs (anchor, positive): the NLI checks without a negative."""
+
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    row_count: CountRule = CountRule()
+    # a positive may be a whole abstract: the upper bound is loose
+    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=512, mostly=0.99)
+    nonprintable: ShareRule = ShareRule(max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)  # anchor == positive
+    unique: Rule = Rule()
+
+
+@dataclass(frozen=True)
+class PairsSuiteConfig:
+    """Labelled evaluation pairs (sentence1, sentence2, label)."""
+
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    labels: SetRule = SetRule(values=("0", "1"))
+    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
+
+
+@dataclass(frozen=True)
+class StsSuiteConfig:
+    not_null: Rule = Rule()
+    not_empty: Rule = Rule()
+    splits: SetRule = SetRule(values=("train", "dev", "test", "trial"))
+    score_range: ScoreRangeRule = ScoreRangeRule()
+    row_counts: RowCountsRule = RowCountsRule()
+    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
+    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.05)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    clean_roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")  # read from data/clean
+    eval_roles: tuple[str, ...] = ("eval-sts",)  # read from data/ingested
+    result_format: Literal["BOOLEAN_ONLY", "BASIC", "SUMMARY", "COMPLETE"] = "SUMMARY"
+    corpus: CorpusSuiteConfig = CorpusSuiteConfig()
+    nli: NliSuiteConfig = NliSuiteConfig()
+    sts: StsSuiteConfig = StsSuiteConfig()
+    text_pairs: TextPairsSuiteConfig = TextPairsSuiteConfig()
+    pairs: PairsSuiteConfig = PairsSuiteConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# bias (SEAT, bias.py) and register (the promotion gate, gate.py)
+
+
+@dataclass(frozen=True)
+class BiasGateConfig:
+    """How much worse than the champion a challenger may be on the bias summary.
+
+    `null` disables a criterion. Both are absolute differences, challenger minus champion.
+    """
+
+    max_mean_abs_effect_size_increase: float | None = 0.05
+    max_n_significant_increase: int | None = 1
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    source: str = "seat"  # the ingested source (data/ingested/<source>.parquet) with SEAT tests
+    tests: tuple[str, ...] = ()  # test names (file stems); empty = every test in the source
+    n_samples: int = 100_000  # exact test when C(|X|+|Y|, |X|) <= n_samples, else this many partitions
+    seed: int = 0
+    alpha: float = 0.01  # family-wise error rate (Holm-Bonferroni over the tests of one run)
+    batch_size: int = 128
+    max_seq_length: int | None = None  # None: the model's own maximum
+    device: str = "auto"
+    gate: BiasGateConfig = field(default_factory=BiasGateConfig)
+
+
+@dataclass(frozen=True)
+class DomainGateConfig:
+    """params.yaml `register.domain`: the gate of a domain variant (points of its primary metric)."""
+
+    alpha: float = 0.05  # one-sided significance level of the paired bootstrap tests
+    margin: float = 0.5  # a challenger may be worse than the champion by this, not significantly more
+    first_margin: float = 0.0  # a first version must beat base by significantly more than this
+    general_max_drop: float = 0.5  # forgetting guard: the 7-task STS avg may fall at most this
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """params.yaml `register`: model naming and the promotion gate (Spearman x100 points)."""
+
+    model_prefix: str = "simcse-"
+    epsilon: float = 0.5  # the average may fall below the champion's by at most this
+    delta: float = 1.0  # no single STS task may fall below the champion's by more than this
+    base_variant: str = "base"  # the reference a first version must beat
+    first_margin: float = 0.0  # a first version must exceed base avg by more than this
+    bias_gate: bool = True  # apply the bias criterion (gate.gate_bias, thresholds `bias.gate`)
+    domain: DomainGateConfig = field(default_factory=DomainGateConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# mlflow (tracking.py) and flows (flows/)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """params.yaml `mlflow`: the embedded store and the experiment runs go to."""
+
+    store: str = "mlflow/mlflow.db"  # SQLite backend, relative to params.yaml's folder
+    artifacts: str = "mlflow/artifacts"  # artifact root of the embedded store
+    experiment: str = "simcse"
+    # Our own retry loop (exponential backoff) replaces MLflow's built-in HTTP retries so that a
+    # dead server fails in seconds with a clear message instead of minutes of silent retrying.
+    retries: int = 4
+    backoff_s: float = 1.0
+    backoff_max_s: float = 16.0
+    http_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
+class FlowsConfig:
+    """params.yaml `flows`: how the flows run DVC (schedules live in flows/prefect.yaml)."""
+
+    retries: int = 2                  # a failed stage is retried this many times ...
+    retry_delay_seconds: float = 10.0  # ... after 10 s, 20 s, 40 s, ... (exponential backoff)
+    retry_jitter_factor: float = 0.2   # +-20 % random jitter on each delay
+    stderr_tail_lines: int = 40        # lines of DVC's stderr quoted in a failure
+    lock_timeout_seconds: float | None = None  # wait for another flow's workspace lock; null: forever
+    mlflow_ui: str = "http://127.0.0.1:5000"   # where `mlflow server` shows runs (artifact links)
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataConfig
@@ -146,8 +387,12 @@ class Params:
     ingest: IngestConfig
     evaluate: EvaluateConfig
     variants: dict[str, VariantConfig]
-    # Sections owned by later stages are kept as plain mappings until their stage types them.
-    extra: dict[str, Any] = field(default_factory=dict)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
     path: Path = Path("params.yaml")
 
     @property
@@ -174,11 +419,6 @@ class Params:
             known = ", ".join(sorted(self.variants))
             raise ConfigError(f"{self.path}: variants: no variant {name!r}; known: {known}")
         return self.variants[name]
-
-
-# Top-level sections typed here; any other top-level key is kept verbatim in `Params.extra` only
-# if listed in OPEN_SECTIONS (sections whose stage validates them itself).
-OPEN_SECTIONS = frozenset({"dedup", "validate", "bias", "register", "mlflow", "flows", "serve"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,56 +518,154 @@ def _build(cls: type, raw: Any, where: str, file: Path) -> Any:
 
 
 def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Params:
-    """Build `Params` from an already-parsed mapping (used by tests and `load_params`)."""
+    """Build `Params` from an already-parsed mapping (used by tests and `load_params`).
+
+    Every section is typed here, then checked across sections (`_check_*`): a typo anywhere in
+    params.yaml fails in the first second of the first stage, naming the file and the dotted key.
+    """
     path = Path(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    typed = {"data", "sources", "ingest", "evaluate", "variants"}
-    unknown = sorted(set(raw) - typed - OPEN_SECTIONS)
+    sections = {f.name for f in dataclasses.fields(Params)} - {"path"}
+    unknown = sorted(set(raw) - sections)
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level section(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(sorted(typed | OPEN_SECTIONS))}"
+            f"allowed: {', '.join(sorted(sections))}"
         )
-    core = {k: raw[k] for k in typed if k in raw}
-    params = _build(Params, {**core, "extra": {}}, "", path)
-    extra = {k: raw[k] for k in OPEN_SECTIONS if k in raw}
-    params = dataclasses.replace(params, extra=extra, path=path)
+    params = dataclasses.replace(_build(Params, raw, "", path), path=path)
+    for check in (_check_evaluate, _check_variants, _check_dedup, _check_validate, _check_bias,
+                  _check_register, _check_mlflow_flows):
+        check(params, raw)
+    return params
+
+
+def _fail(params: Params, key: str, msg: str) -> None:
+    raise ConfigError(f"{params.path}: {key}: {msg}")
+
+
+def _roles_known(params: Params, key: str, roles: Sequence[str]) -> None:
+    allowed = get_args(Role)
+    for i, r in enumerate(roles):
+        if r not in allowed:
+            _fail(params, f"{key}[{i}]", f"{r!r} is not a role; expected one of {', '.join(allowed)}")
+
+
+def _check_evaluate(params: Params, raw: dict) -> None:
     for name, task in params.evaluate.tasks.items():
         if task.source not in params.sources:
-            raise ConfigError(
-                f"{path}: evaluate.tasks.{name}.source: no source {task.source!r} in sources"
-            )
+            _fail(params, f"evaluate.tasks.{name}.source", f"no source {task.source!r} in sources")
     for name, task in params.evaluate.domain_tasks.items():
         src = params.sources.get(task.source)
+        key = f"evaluate.domain_tasks.{name}.source"
         if src is None:
-            raise ConfigError(
-                f"{path}: evaluate.domain_tasks.{name}.source: no source {task.source!r} in sources"
-            )
+            _fail(params, key, f"no source {task.source!r} in sources")
         if src.role != "eval-domain":
-            raise ConfigError(
-                f"{path}: evaluate.domain_tasks.{name}.source: {task.source!r} has role {src.role!r}; "
-                f"expected eval-domain (an evaluation set is never trained on)"
-            )
+            _fail(params, key, f"{task.source!r} has role {src.role!r}; expected eval-domain "
+                               f"(an evaluation set is never trained on)")
     b = params.evaluate.bootstrap
     if b.n_resamples < 100 or not 0.5 < b.confidence < 1.0:
-        raise ConfigError(f"{path}: evaluate.bootstrap: expected n_resamples >= 100 and "
-                          f"0.5 < confidence < 1, got {b.n_resamples} and {b.confidence}")
+        _fail(params, "evaluate.bootstrap", f"expected n_resamples >= 100 and 0.5 < confidence < 1, "
+                                            f"got {b.n_resamples} and {b.confidence}")
+
+
+def _check_variants(params: Params, raw: dict) -> None:
     for vname, v in params.variants.items():
+        key = f"variants.{vname}"
         for t in v.domain_tasks:
             if t not in params.evaluate.domain_tasks:
-                raise ConfigError(f"{path}: variants.{vname}.domain_tasks: no task {t!r} in "
-                                  f"evaluate.domain_tasks (known: {', '.join(params.evaluate.domain_tasks)})")
+                _fail(params, f"{key}.domain_tasks", f"no task {t!r} in evaluate.domain_tasks "
+                                                     f"(known: {', '.join(params.evaluate.domain_tasks)})")
         if v.primary_task is not None and v.primary_task not in v.domain_tasks:
-            raise ConfigError(f"{path}: variants.{vname}.primary_task: {v.primary_task!r} is not one "
-                              f"of its domain_tasks {list(v.domain_tasks)}")
+            _fail(params, f"{key}.primary_task",
+                  f"{v.primary_task!r} is not one of its domain_tasks {list(v.domain_tasks)}")
         for c in v.corpus:
             if c not in params.sources:
-                raise ConfigError(f"{path}: variants.{vname}.corpus: no source {c!r} in sources")
+                _fail(params, f"{key}.corpus", f"no source {c!r} in sources")
         if v.length_groups < 1:
-            raise ConfigError(f"{path}: variants.{vname}.length_groups: expected an integer >= 1 "
-                              f"(1 = one padded forward pass per step), got {v.length_groups}")
-    return params
+            _fail(params, f"{key}.length_groups",
+                  f"expected an integer >= 1 (1 = one padded forward pass per step), got {v.length_groups}")
+
+
+def _check_dedup(params: Params, raw: dict) -> None:
+    d = params.dedup
+    _roles_known(params, "dedup.roles", d.roles)
+    _roles_known(params, "dedup.eval_roles", d.eval_roles)
+    for i, s in enumerate(d.extra_eval_sources):
+        if s not in params.sources:
+            _fail(params, f"dedup.extra_eval_sources[{i}]", f"no source {s!r} in sources")
+    if not 1 <= d.ngram <= MAX_NGRAM:
+        _fail(params, "dedup.ngram", f"expected 1..{MAX_NGRAM}, got {d.ngram}")
+    if not 0.0 < d.threshold <= 1.0:
+        _fail(params, "dedup.threshold", f"expected in (0, 1], got {d.threshold}")
+    if d.bands < 1 or d.num_perm % d.bands:
+        _fail(params, "dedup.bands", f"{d.bands} must divide dedup.num_perm ({d.num_perm})")
+    if d.bucket_window < 1:
+        _fail(params, "dedup.bucket_window", f"expected >= 1, got {d.bucket_window}")
+    if not 0.0 <= d.max_removed_fraction <= 1.0:
+        _fail(params, "dedup.max_removed_fraction", f"expected in [0, 1], got {d.max_removed_fraction}")
+
+
+def _check_validate(params: Params, raw: dict) -> None:
+    v = params.validate
+    _roles_known(params, "validate.clean_roles", v.clean_roles)
+    _roles_known(params, "validate.eval_roles", v.eval_roles)
+    r = v.sts.score_range
+    for where, rng in [("default", r.default), *((f"per_source.{k}", x) for k, x in r.per_source.items())]:
+        if len(rng) != 2 or rng[0] > rng[1]:
+            _fail(params, f"validate.sts.score_range.{where}", f"expected [min, max], got {list(rng)}")
+
+
+def _check_bias(params: Params, raw: dict) -> None:
+    b = params.bias
+    if b.n_samples < 1:
+        _fail(params, "bias.n_samples", f"{b.n_samples}; expected an integer >= 1")
+    if not 0.0 < b.alpha < 1.0:
+        _fail(params, "bias.alpha", f"{b.alpha}; expected a number in (0, 1)")
+    if b.batch_size < 1:
+        _fail(params, "bias.batch_size", f"{b.batch_size}; expected an integer >= 1")
+    # The source is checked when the file configures bias (a reader-only params file need not).
+    if "bias" in raw:
+        src = params.sources.get(b.source)
+        if src is None:
+            _fail(params, "bias.source", f"no source {b.source!r} in sources")
+        if src.format != "seat_json":
+            _fail(params, "bias.source", f"{b.source!r} has format {src.format!r}; expected a seat_json source")
+    g = b.gate
+    if g.max_mean_abs_effect_size_increase is not None and g.max_mean_abs_effect_size_increase < 0:
+        _fail(params, "bias.gate.max_mean_abs_effect_size_increase", "expected >= 0 or null")
+    if g.max_n_significant_increase is not None and g.max_n_significant_increase < 0:
+        _fail(params, "bias.gate.max_n_significant_increase", "expected >= 0 or null")
+
+
+def _check_register(params: Params, raw: dict) -> None:
+    r = params.register
+    if r.epsilon < 0 or r.delta < 0:
+        _fail(params, "register.epsilon/delta", f"expected numbers >= 0, got {r.epsilon} and {r.delta}")
+    d = r.domain
+    if not 0.0 < d.alpha < 0.5:
+        _fail(params, "register.domain.alpha", f"expected 0 < alpha < 0.5, got {d.alpha}")
+    if d.margin < 0 or d.general_max_drop < 0:
+        _fail(params, "register.domain", f"expected margin >= 0 and general_max_drop >= 0, "
+                                         f"got {d.margin} and {d.general_max_drop}")
+    if "register" in raw and params.variants and r.base_variant not in params.variants:
+        _fail(params, "register.base_variant", f"no variant {r.base_variant!r} in variants "
+                                               f"(known: {', '.join(params.variants)})")
+
+
+def _check_mlflow_flows(params: Params, raw: dict) -> None:
+    m = params.mlflow
+    if m.retries < 0 or m.backoff_s < 0 or m.backoff_max_s < m.backoff_s or m.http_timeout_s < 1:
+        _fail(params, "mlflow", f"expected retries >= 0, 0 <= backoff_s <= backoff_max_s and "
+                                f"http_timeout_s >= 1, got {m.retries}, {m.backoff_s}, {m.backoff_max_s}, "
+                                f"{m.http_timeout_s}")
+    f = params.flows
+    if f.retries < 0 or f.retry_delay_seconds < 0 or not 0 <= f.retry_jitter_factor <= 1:
+        _fail(params, "flows", f"expected retries >= 0, retry_delay_seconds >= 0 and "
+                               f"0 <= retry_jitter_factor <= 1, got {f.retries}, {f.retry_delay_seconds}, "
+                               f"{f.retry_jitter_factor}")
+    if f.lock_timeout_seconds is not None and f.lock_timeout_seconds < 0:
+        _fail(params, "flows.lock_timeout_seconds", "expected >= 0 or null")
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -341,11 +679,3 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     return parse_params(raw, path)
-
-
-def section(params: Params, name: str, cls: type):
-    """Type an open section (`dedup`, `validate`, `bias`, `register`, ...) with its stage's own
-    frozen dataclass, with the same strict checks as the core sections."""
-    if name not in OPEN_SECTIONS:
-        raise ConfigError(f"{params.path}: {name!r} is not an open section")
-    return _build(cls, params.extra.get(name, {}), name, params.path)

@@ -28,13 +28,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
-from simcse_ops.dedup import TEXT_COLUMNS, normalize_many
+from simcse_ops.config import Rule, ValidateConfig
+from simcse_ops.errors import EXIT_DATA
+from simcse_ops.files import atomic_path, remove_path, write_json
+from simcse_ops.dedup import normalize_many
+from simcse_ops.readers import FORMATS
+from simcse_ops.schemas import KINDS
 
-Severity = Literal["critical", "warning"]
 
 # A character that has no business in a sentence: C0/C1 controls (tab and newline included,
 # a sentence is one line), soft hyphen, zero-width and bidi controls, BOM, replacement char.
@@ -48,132 +52,11 @@ NON_LATIN_REGEX = (
 )
 
 
-# --------------------------------------------------------------------------------------------
-# params.yaml `validate`
-
-
-@dataclass(frozen=True)
-class Rule:
-    severity: Severity = "critical"
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class CountRule(Rule):
-    min: int | None = 1
-    max: int | None = None
-
-
-@dataclass(frozen=True)
-class LengthRule(Rule):
-    min: int = 1
-    max: int = 256
-    mostly: float = 1.0  # share of rows that must lie in [min, max]
-
-
-@dataclass(frozen=True)
-class ShareRule(Rule):
-    max_share: float = 0.0  # share of rows allowed to break the rule
-
-
-@dataclass(frozen=True)
-class SetRule(Rule):
-    values: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ScoreRangeRule(Rule):
-    default: tuple[float, ...] = (0.0, 5.0)
-    per_source: dict[str, tuple[float, ...]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from simcse_ops.config import ConfigError
-
-        for where, r in [("default", self.default), *((f"per_source.{k}", v) for k, v in self.per_source.items())]:
-            if len(r) != 2 or r[0] > r[1]:
-                raise ConfigError(f"validate.sts.score_range.{where}: expected [min, max], got {list(r)}")
-
-    def range_for(self, source: str) -> tuple[float, float]:
-        lo, hi = self.per_source.get(source, self.default)
-        return float(lo), float(hi)
-
-
-@dataclass(frozen=True)
-class RowCountsRule(Rule):
-    expected: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> rows
-
-
-@dataclass(frozen=True)
-class CorpusSuiteConfig:
-    not_null: Rule = Rule()
-    not_empty: Rule = Rule()
-    row_count: CountRule = CountRule()
-    length_tokens: LengthRule = LengthRule(severity="warning", min=3, max=128, mostly=0.99)
-    nonprintable: ShareRule = ShareRule(max_share=0.001)
-    non_latin: ShareRule = ShareRule(severity="warning", max_share=0.02)
-    unique: Rule = Rule()
-
-
-@dataclass(frozen=True)
-class NliSuiteConfig:
-    not_null: Rule = Rule()
-    not_empty: Rule = Rule()
-    row_count: CountRule = CountRule()
-    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=128, mostly=0.99)
-    nonprintable: ShareRule = ShareRule(max_share=0.001)
-    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)
-    unique: Rule = Rule()
-
-
-@dataclass(frozen=True)
-class TextPairsSuiteConfig:
-    """Unlabelled positive pairs (anchor, positive): the NLI checks without a negative."""
-
-    not_null: Rule = Rule()
-    not_empty: Rule = Rule()
-    row_count: CountRule = CountRule()
-    # a positive may be a whole abstract: the upper bound is loose
-    length_tokens: LengthRule = LengthRule(severity="warning", min=2, max=512, mostly=0.99)
-    nonprintable: ShareRule = ShareRule(max_share=0.001)
-    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.01)  # anchor == positive
-    unique: Rule = Rule()
-
-
-@dataclass(frozen=True)
-class PairsSuiteConfig:
-    """Labelled evaluation pairs (sentence1, sentence2, label)."""
-
-    not_null: Rule = Rule()
-    not_empty: Rule = Rule()
-    labels: SetRule = SetRule(values=("0", "1"))
-    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
-
-
-@dataclass(frozen=True)
-class StsSuiteConfig:
-    not_null: Rule = Rule()
-    not_empty: Rule = Rule()
-    splits: SetRule = SetRule(values=("train", "dev", "test", "trial"))
-    score_range: ScoreRangeRule = ScoreRangeRule()
-    row_counts: RowCountsRule = RowCountsRule()
-    nonprintable: ShareRule = ShareRule(severity="warning", max_share=0.001)
-    identical_pairs: ShareRule = ShareRule(severity="warning", max_share=0.05)
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    clean_roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")  # read from data/clean
-    eval_roles: tuple[str, ...] = ("eval-sts",)  # read from data/ingested
-    result_format: Literal["BOOLEAN_ONLY", "BASIC", "SUMMARY", "COMPLETE"] = "SUMMARY"
-    corpus: CorpusSuiteConfig = CorpusSuiteConfig()
-    nli: NliSuiteConfig = NliSuiteConfig()
-    sts: StsSuiteConfig = StsSuiteConfig()
-    text_pairs: TextPairsSuiteConfig = TextPairsSuiteConfig()
-    pairs: PairsSuiteConfig = PairsSuiteConfig()
-
-
 class ValidationFailed(ValueError):
-    """At least one critical expectation failed; the message lists each with its observed value."""
+    """At least one critical expectation failed; the message lists each with its observed value.
+    A user-facing data error: a stage exits with `errors.EXIT_DATA`, without a traceback."""
+
+    exit_status = EXIT_DATA
 
     def __init__(self, failures: list[dict], docs: Path | None = None) -> None:
         self.failures = failures
@@ -211,7 +94,7 @@ def build_suite(kind: str, cfg: ValidateConfig):
     from great_expectations.core.expectation_suite import ExpectationSuite
 
     E = gx.expectations
-    cols = TEXT_COLUMNS[kind]
+    cols = KINDS[kind].text_columns
     ex: list = []
     if kind == "corpus":
         c = cfg.corpus
@@ -278,7 +161,7 @@ def build_suite(kind: str, cfg: ValidateConfig):
 def prepare_frame(kind: str, df: pd.DataFrame) -> pd.DataFrame:
     """The batch GX validates: the table plus the derived columns the suite refers to."""
     df = df.copy()
-    cols = TEXT_COLUMNS[kind]
+    cols = KINDS[kind].text_columns
     for c in cols:
         df[f"_tokens_{c}"] = df[c].map(lambda s: len(s.split()) if isinstance(s, str) else 0).astype("int64")
     norms = {c: normalize_many(df[c].astype(object).where(df[c].notna(), None).tolist()) for c in cols}
@@ -422,8 +305,6 @@ def load_batches(params, cfg: ValidateConfig, clean_dir: Path, ingested_dir: Pat
     (one batch per split), in params.yaml order."""
     import pyarrow.parquet as pq
 
-    from simcse_ops.readers import FORMAT_KIND
-
     batches = []
     for name, src in params.sources.items():
         if src.role in cfg.clean_roles:
@@ -432,7 +313,7 @@ def load_batches(params, cfg: ValidateConfig, clean_dir: Path, ingested_dir: Pat
             folder = ingested_dir
         else:
             continue
-        kind = FORMAT_KIND[src.format]
+        kind = FORMATS[src.format].kind
         path = Path(folder) / f"{name}.parquet"
         if not path.is_file():
             stage = "dedup" if folder == clean_dir else "ingest"
@@ -464,10 +345,8 @@ def run_validate(params, clean_dir, ingested_dir, metrics_path, docs_dir, ok_pat
     """Validate, write Data Docs and metrics; on a critical failure remove `ok_path` and raise
     `ValidationFailed`; otherwise write `ok_path` (what training depends on): the fingerprints
     of the validated files and of the rules, with no time stamp, so it only changes with them."""
-    from simcse_ops.config import section
-    from simcse_ops.files import atomic_path, remove_path, write_json
 
-    cfg = section(params, "validate", ValidateConfig)
+    cfg = params.validate
     batches = load_batches(params, cfg, Path(clean_dir), Path(ingested_dir))
     remove_path(ok_path)
     docs_dir = Path(docs_dir)

@@ -17,7 +17,7 @@ Domain variants (`variants.<V>.domain_tasks`; primary task P with metric m, e.g.
     first version: beats base on P:  p = P*(d* <= first_margin) < alpha  (significantly better);
     forgetting guard: avg_STS(challenger) >= avg_STS(reference) - general_max_drop.
 
-Both kinds then pass the bias criterion (`simcse_ops.bias.gate_bias`, thresholds `bias.gate`)
+Both kinds then pass the bias criterion (`gate_bias` below, thresholds `bias.gate`)
 against the same reference. The `base` variant itself is the reference and is promoted.
 """
 
@@ -27,34 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from simcse_ops.bias import BiasConfig, gate_bias
-from simcse_ops.config import BootstrapConfig
+from simcse_ops.config import BiasConfig, BiasGateConfig, BootstrapConfig, RegisterConfig
 from simcse_ops.stats import paired_bootstrap
 
 EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class DomainGateConfig:
-    """params.yaml `register.domain`: the gate of a domain variant (points of its primary metric)."""
-
-    alpha: float = 0.05  # one-sided significance level of the paired bootstrap tests
-    margin: float = 0.5  # a challenger may be worse than the champion by this, not significantly more
-    first_margin: float = 0.0  # a first version must beat base by significantly more than this
-    general_max_drop: float = 0.5  # forgetting guard: the 7-task STS avg may fall at most this
-
-
-@dataclass(frozen=True)
-class RegisterConfig:
-    """params.yaml `register`: model naming and the promotion gate (Spearman x100 points)."""
-
-    model_prefix: str = "simcse-"
-    epsilon: float = 0.5  # the average may fall below the champion's by at most this
-    delta: float = 1.0  # no single STS task may fall below the champion's by more than this
-    base_variant: str = "base"  # the reference a first version must beat
-    first_margin: float = 0.0  # a first version must exceed base avg by more than this
-    bias_gate: bool = True  # apply simcse_ops.bias.gate_bias (thresholds in params `bias.gate`)
-    domain: DomainGateConfig = field(default_factory=DomainGateConfig)
 
 
 @dataclass(frozen=True)
@@ -164,6 +140,73 @@ def _domain(challenger: Scores, ref: Scores, label: str, g: GateInputs, first: b
     return ok, [f"{_ok(ok)}: {head}; {why}"]
 
 
+def _summary_of(obj: Mapping[str, Any], who: str) -> tuple[float, int, int]:
+    """(mean_abs_effect_size, n_significant, n_tests) from a summary or a whole bias.json mapping.
+
+    Values may be strings (as read back from MLflow tags)."""
+    summary = obj.get("summary", obj)
+    try:
+        return (
+            float(summary["mean_abs_effect_size"]),
+            int(float(summary["n_significant"])),
+            int(float(summary["n_tests"])),
+        )
+    except KeyError as e:
+        raise ValueError(
+            f"{who} bias summary lacks {e.args[0]!r}; expected mean_abs_effect_size, n_significant, "
+            f"n_tests (metrics/<variant>/bias.json `summary`)"
+        ) from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{who} bias summary has a non-numeric value: {dict(summary)!r}") from None
+
+
+def gate_bias(
+    challenger_summary: Mapping[str, Any],
+    champion_summary: Mapping[str, Any] | None,
+    cfg: BiasConfig | BiasGateConfig,
+) -> tuple[bool, list[str]]:
+    """May the challenger replace the champion as far as bias goes? -> (ok, reasons).
+
+    Criteria (params.yaml `bias.gate`; a null threshold skips its criterion):
+    - challenger mean |d| <= champion mean |d| + max_mean_abs_effect_size_increase
+    - challenger n_significant <= champion n_significant + max_n_significant_increase
+    Summaries must come from the same number of tests, otherwise they are not comparable and the
+    gate fails. Every criterion checked yields one reason, prefixed "ok: bias:" or "fail: bias:"
+    (the gate's convention). With no reference summary (`None`: no champion, or one
+    registered without bias results) the criterion holds vacuously.
+    """
+    g = cfg.gate if isinstance(cfg, BiasConfig) else cfg
+    c_mean, c_sig, c_n = _summary_of(challenger_summary, "challenger")
+    if champion_summary is None:
+        return True, ["ok: bias: no reference bias summary to compare with"]
+    k_mean, k_sig, k_n = _summary_of(champion_summary, "champion")
+    if c_n != k_n:
+        return False, [
+            f"fail: bias: challenger was probed on {c_n} SEAT tests, champion on {k_n}; "
+            f"rerun the bias stage on both with the same bias.tests"
+        ]
+    ok = True
+    reasons: list[str] = []
+    if g.max_mean_abs_effect_size_increase is not None:
+        limit = k_mean + g.max_mean_abs_effect_size_increase
+        passed = c_mean <= limit + 1e-12
+        ok &= passed
+        reasons.append(
+            f"{'ok' if passed else 'fail'}: bias: mean |effect size| {c_mean:.4f} vs champion {k_mean:.4f} "
+            f"({c_mean - k_mean:+.4f}; allowed +{g.max_mean_abs_effect_size_increase:.4f})"
+        )
+    if g.max_n_significant_increase is not None:
+        limit_n = k_sig + g.max_n_significant_increase
+        passed = c_sig <= limit_n
+        ok &= passed
+        reasons.append(
+            f"{'ok' if passed else 'fail'}: bias: {c_sig} significant SEAT tests of {c_n} vs champion {k_sig} "
+            f"({c_sig - k_sig:+d}; allowed +{g.max_n_significant_increase})"
+        )
+    return bool(ok), reasons
+
+
+
 def decide(challenger: Scores, champion: Scores | None, champion_label: str, base: Scores | None,
            g: GateInputs) -> Decision:
     """The promotion gate; every criterion checked yields one reason ("ok: ..." / "fail: ...")."""
@@ -179,7 +222,8 @@ def decide(challenger: Scores, champion: Scores | None, champion_label: str, bas
                         "itself (the reference)")
     elif base is None:
         return Decision(False, ["fail: no champion and no base metrics to compare with; "
-                                "pass --base-metrics metrics/base"], "nothing")
+                                "the register stage passes --base-metrics (dvc.yaml); "
+                                "`simcse-ops promote` reads it there or takes --base-metrics DIR"], "nothing")
     else:
         ref, label, first = base, cfg.base_variant, True
 
