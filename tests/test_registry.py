@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simcse_ops import registry, tracking
+from simcse_ops import actions, registration, tracking
+from simcse_ops.errors import RegistryError
 from simcse_ops.gate import DomainScore, Scores
+from simcse_ops.scores import load_scores, score_tags, scores_from_tags
+from simcse_ops.uris import parse_models_uri
 from tests.registry_support import export_st, make_project, tracking_env, write_domain, write_metrics
 
 TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
@@ -30,7 +34,7 @@ def scores(avg: float, bias_mean: float = 0.3, n_sig: int = 2, **task: float) ->
 def test_scores_round_trip_through_tags():
     s = scores(77.0, sts12=70.0)
     s = dataclasses.replace(s, domain={"mqp": DomainScore("ap", 81.23456, (79.1, 83.2))})
-    back = registry.scores_from_tags(registry.score_tags(s), TASKS)
+    back = scores_from_tags(score_tags(s), TASKS)
     assert back.sts == pytest.approx(s.sts, abs=1e-4)
     assert back.bias == s.bias
     assert back.domain["mqp"].metric == "ap" and back.domain["mqp"].value == pytest.approx(81.2346)
@@ -39,14 +43,14 @@ def test_scores_round_trip_through_tags():
 def test_load_scores_names_the_missing_task(tmp_path):
     (tmp_path / "sts.json").write_text(json.dumps({"sts12": 1.0, "avg": 1.0}))
     with pytest.raises(ValueError, match="no score for sts13"):
-        registry.load_scores(tmp_path, TASKS)
+        load_scores(tmp_path, TASKS)
 
 
 def test_parse_models_uri():
-    assert registry.parse_models_uri("models:/simcse-x@champion") == ("simcse-x", None, "champion")
-    assert registry.parse_models_uri("models:/simcse-x/3") == ("simcse-x", "3", None)
+    assert parse_models_uri("models:/simcse-x@champion") == ("simcse-x", None, "champion")
+    assert parse_models_uri("models:/simcse-x/3") == ("simcse-x", "3", None)
     with pytest.raises(ValueError):
-        registry.parse_models_uri("models:/simcse-x")
+        parse_models_uri("models:/simcse-x")
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +68,7 @@ def project(tmp_path_factory, tiny_model_dir):
         from simcse_ops.config import load_params
 
         params = load_params(params_path)
-        tracking.configure(root, tracking.mlflow_config(params))
+        tracking.configure(root, params.mlflow)
         yield root, params_path, model
 
 
@@ -72,8 +76,7 @@ def _params(params_path: Path, prefix: str):
     from simcse_ops.config import load_params
 
     p = load_params(params_path)
-    reg = {**p.extra.get("register", {}), "model_prefix": prefix}
-    return dataclasses.replace(p, extra={**p.extra, "register": reg})
+    return dataclasses.replace(p, register=dataclasses.replace(p.register, model_prefix=prefix))
 
 
 def _register(project, prefix, variant, metrics, tag, domain=None):
@@ -81,8 +84,8 @@ def _register(project, prefix, variant, metrics, tag, domain=None):
     mdir = write_metrics(root / "metrics" / f"{prefix}{tag}", TASKS, **metrics)
     if domain is not None:  # (the variant's per-query values, the base encoder's)
         write_domain(mdir, variant, *domain)
-    return registry.register_variant(variant, model, mdir, _params(params_path, prefix), root,
-                                     base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
+    return registration.register_variant(variant, model, mdir, _params(params_path, prefix), root,
+                                         base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
 
 
 def _client():
@@ -128,7 +131,7 @@ def test_stage_registers_a_first_version_with_tags_card_and_aliases(project, tin
     for needle in ("## Data", "## Hyper-parameters", "| sickr | 78.00 | 75.00 |", "| sent-weat1 |",
                    "## Intended use and limits", "Decision: **promote**", "`snli`"):
         assert needle in card, needle
-    log = registry.audit_log(client, "simcse-sup-nli")
+    log = actions.audit_log(client, "simcse-sup-nli")
     assert [(e["alias"], e["to"], e["action"]) for e in log] == [("challenger", "1", "register"), ("champion", "1", "gate")]
     assert all(e["who"] and e["why"] for e in log)
 
@@ -156,11 +159,12 @@ def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_cha
     assert v2["gate.decision"] == "reject" and v2["registry.state"] == "complete"
 
     params = _params(params_path, prefix)
+    base_dir = root / "metrics" / "base"
     # the gate also stops a person, unless forced with a reason
-    with pytest.raises(registry.RegistryError, match="fails the gate against champion v1"):
-        registry.promote(client, params, "unsup-wiki", log=lambda m: None)
-    with pytest.raises(registry.RegistryError, match="--force needs --reason"):
-        registry.promote(client, params, "unsup-wiki", force=True, log=lambda m: None)
+    with pytest.raises(RegistryError, match="fails the gate against champion v1"):
+        actions.promote(client, params, "unsup-wiki", base_metrics_dir=base_dir, log=lambda m: None)
+    with pytest.raises(RegistryError, match="--force needs --reason"):
+        actions.promote(client, params, "unsup-wiki", base_metrics_dir=base_dir, force=True, log=lambda m: None)
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
     # a better third version passes the gate when promoted by hand
@@ -168,20 +172,20 @@ def test_degraded_model_is_registered_but_never_promoted_and_people_move_the_cha
     assert third["promoted"]  # registration promoted it already
     assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
 
-    entry = registry.promote(client, params, "unsup-wiki", version=2, force=True,
-                             reason="incident 42: v3 mis-tokenises", log=lambda m: None)
+    entry = actions.promote(client, params, "unsup-wiki", base_metrics_dir=base_dir, version=2, force=True,
+                            reason="incident 42: v3 mis-tokenises", log=lambda m: None)
     assert entry["action"] == "force" and entry["from"] == "3" and entry["to"] == "2"
     assert client.get_model_version(name, "2").tags["promoted.forced"] == "true"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
 
     # rollback: back through the champions, with who/why recorded
-    registry.rollback(client, params, "unsup-wiki", reason="v2 is the degraded one", log=lambda m: None)
+    actions.rollback(client, params, "unsup-wiki", reason="v2 is the degraded one", log=lambda m: None)
     assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
-    registry.rollback(client, params, "unsup-wiki", log=lambda m: None)
+    actions.rollback(client, params, "unsup-wiki", log=lambda m: None)
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    with pytest.raises(registry.RegistryError, match="no earlier champion"):
-        registry.rollback(client, params, "unsup-wiki", log=lambda m: None)
-    log = registry.audit_log(client, name)
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        actions.rollback(client, params, "unsup-wiki", log=lambda m: None)
+    log = actions.audit_log(client, name)
     champion_moves = [(e["from"], e["to"], e["action"]) for e in log if e["alias"] == "champion"]
     assert champion_moves == [(None, "1", "gate"), ("1", "3", "gate"), ("3", "2", "force"),
                               ("2", "3", "rollback"), ("3", "1", "rollback")]
@@ -203,6 +207,10 @@ def test_cli_promote_and_rollback(project, capsys, monkeypatch):
     monkeypatch.setenv("SIMCSE_OPS_USER", "alice")
     assert cli(["promote", "biomed", "--params", str(params_path),
                 "--base-metrics", str(root / "metrics" / "base")]) == 1
+    assert "fails the gate against base" in capsys.readouterr().err
+    # without --base-metrics: the folder the register stage gets, read from the project's dvc.yaml
+    shutil.copy(Path(__file__).resolve().parents[1] / "dvc.yaml", root / "dvc.yaml")
+    assert cli(["promote", "biomed", "--params", str(params_path)]) == 1
     assert "fails the gate against base" in capsys.readouterr().err
     assert cli(["promote", "biomed", "--params", str(params_path), "--force", "--reason", "domain beats base on PubMed STS"]) == 0
     client = _client()
@@ -233,6 +241,8 @@ def test_registered_version_resolves_to_the_same_encoder(project, monkeypatch, t
     folder = Path(resolve_model("models:/load-sup-nli@champion"))
     assert folder.is_dir() and str(folder).startswith(str(tmp_path / "cache"))
     assert Path(resolve_model("models:/load-sup-nli/1")) == folder  # cached, same version
+    # the registered encoder is the model folder as trained: nothing of this run or machine added
+    assert tracking.model_hash(folder) == tracking.model_hash(model)
     sents = ["A man is playing a guitar.", "Stocks fell sharply."]
     a = encode(load_sentence_transformer(folder, device="cpu"), sents)
     b = encode(load_sentence_transformer(model, device="cpu"), sents)
@@ -254,15 +264,15 @@ def test_failed_registration_is_undone_and_the_champion_restored(project):
 
     root, params_path, model = project
     mdir = write_metrics(root / "metrics" / "undo-u2", TASKS, 79.0)
-    with pytest.raises(registry.RegistryError, match="version 2 was created .* it was deleted again"):
-        registry.register_variant("sup-nli", model, mdir, _params(params_path, prefix), root,
-                                  base_metrics_dir=root / "metrics" / "base", on_step=crash, log=lambda m: None)
+    with pytest.raises(RegistryError, match="version 2 was created .* it was deleted again"):
+        registration.register_variant("sup-nli", model, mdir, _params(params_path, prefix), root,
+                                      base_metrics_dir=root / "metrics" / "base", on_step=crash, log=lambda m: None)
     client = _client()
     name = "undo-sup-nli"
     assert [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")] == ["1"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    moves = [(e["from"], e["to"], e["action"]) for e in registry.audit_log(client, name) if e["alias"] == "champion"]
+    moves = [(e["from"], e["to"], e["action"]) for e in actions.audit_log(client, name) if e["alias"] == "champion"]
     assert moves == [(None, "1", "gate"), ("1", "2", "gate"), ("2", "1", "repair")]
     # the champion stack after the repair holds v1 only
-    with pytest.raises(registry.RegistryError, match="no earlier champion"):
-        registry.rollback(client, _params(params_path, prefix), "sup-nli", log=lambda m: None)
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        actions.rollback(client, _params(params_path, prefix), "sup-nli", log=lambda m: None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import pytest
 import requests
 
 from simcse_ops import tracking
-from simcse_ops.tracking import MlflowConfig
+from simcse_ops.config import MlflowConfig
 from tests.registry_support import tracking_env
 
 
@@ -37,7 +36,7 @@ def test_embedded_default_and_env_override(tmp_path, monkeypatch):
 
 def test_import_has_no_side_effects(tmp_path):
     code = textwrap.dedent("""
-        import os, simcse_ops.tracking, simcse_ops.registry, simcse_ops.serving
+        import os, simcse_ops.tracking, simcse_ops.registration, simcse_ops.serving, simcse_ops.cli
         from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
         assert not is_tracking_uri_set(), "tracking URI set at import"
         assert "MLFLOW_TRACKING_URI" not in os.environ
@@ -100,14 +99,18 @@ def test_lineage_has_git_commit_and_system(project_root):
     assert tags["sys.python"] and tags["sys.torch"] and tags["sys.cpu_count"]
 
 
-def test_model_hash_ignores_the_run_reference(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "w.bin").write_bytes(b"123")
-    h = tracking.model_hash(tmp_path)
-    (tmp_path / tracking.RUN_REF).write_text('{"run_id": "x"}')
-    assert tracking.model_hash(tmp_path) == h
-    (tmp_path / "w.bin").write_bytes(b"124")
-    assert tracking.model_hash(tmp_path) != h
+def test_model_hash_covers_every_file_and_not_the_folder_path(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "elsewhere" / "b"
+    for m in (a, b):
+        m.mkdir(parents=True)
+        (m / "config.json").write_text("{}")
+        (m / "w.bin").write_bytes(b"123")
+    h = tracking.model_hash(a)
+    assert tracking.model_hash(b) == h  # same files, another place
+    (a / "w.bin").write_bytes(b"124")
+    assert tracking.model_hash(a) != h
+    (b / "mlflow_run.json").write_text('{"run_id": "x"}')  # no file is left out any more
+    assert tracking.model_hash(b) != h
 
 
 def _refused():
@@ -142,7 +145,7 @@ def test_retry_recovers_and_lets_other_errors_through():
         tracking.retry(lambda: {}["k"], "x", cfg, sleep=lambda s: None)
 
 
-def test_training_run_logs_params_steps_tags_and_reference(store, tmp_path):
+def test_training_run_logs_params_steps_and_tags_the_model_hash(store, tmp_path):
     from mlflow import MlflowClient
 
     root, cfg, _ = store
@@ -153,7 +156,7 @@ def test_training_run_logs_params_steps_tags_and_reference(store, tmp_path):
         model = tmp_path / "model"
         model.mkdir()
         (model / "config.json").write_text("{}")
-        run.write_ref(model)
+        run.tag_model(model)
     client = MlflowClient()
     r = client.get_run(run.run_id)
     assert r.info.status == "FINISHED"
@@ -161,19 +164,20 @@ def test_training_run_logs_params_steps_tags_and_reference(store, tmp_path):
     assert r.data.tags["variant"] == "unsup-wiki" and "sys.torch" in r.data.tags and "git.commit" in r.data.tags
     losses = client.get_metric_history(run.run_id, "loss")
     assert [(m.step, m.value) for m in losses] == [(10, 0.1), (20, 0.05)]
-    assert json.loads((model / tracking.RUN_REF).read_text())["run_id"] == run.run_id
+    assert r.data.tags["model_sha256"] == tracking.model_hash(model)
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]  # nothing written into the model
     exp = client.get_experiment(r.info.experiment_id)
     assert exp.artifact_location == (root / "mlflow" / "artifacts").resolve().as_uri()
 
-    # evaluation / registration find the same run through the reference file
+    # registration finds the same run through its tags: variant and model hash
     again = tracking.run_for_model("unsup-wiki", model, root, cfg)
     assert again.run_id == run.run_id
     tracking.attach_results(again, "sts", {"stsb": 80.0, "avg": 75.0, "variant": "x"})
     assert client.get_run(run.run_id).data.metrics["sts.avg"] == 75.0
 
-    # ...and through the model hash when the reference is gone
-    (model / tracking.RUN_REF).unlink()
-    assert tracking.run_for_model("unsup-wiki", model, root, cfg).run_id == run.run_id
+    # another model of the variant is not attributed to it
+    (model / "config.json").write_text('{"other": 1}')
+    assert tracking.run_for_model("unsup-wiki", model, root, cfg).run_id != run.run_id
 
 
 def test_failed_training_marks_the_run_failed(store):
@@ -200,11 +204,11 @@ def test_disabled_logger_does_nothing(store):
     root, cfg, _ = store
     with tracking.start_run("x", root=root, cfg=cfg, enabled=False) as run:
         run.log_metrics(1, loss=1.0)
-        run.write_ref(Path("/nonexistent"))
+        run.tag_model(Path("/nonexistent"))
     assert not run.enabled
 
 
-def test_log_training_records_curves_summary_and_reference(store, tmp_path):
+def test_log_training_records_curves_summary_and_the_model_hash(store, tmp_path):
     from mlflow import MlflowClient
 
     root, cfg, _ = store
@@ -221,4 +225,12 @@ def test_log_training_records_curves_summary_and_reference(store, tmp_path):
     assert [m.value for m in client.get_metric_history(run_id, "dev_score")] == [80.1, 81.2]
     r = client.get_run(run_id)
     assert r.data.metrics["sentences_per_s"] == 950.0 and r.data.params["lr"] == "5e-05"
+    assert r.data.tags["model_sha256"] == tracking.model_hash(model)
     assert tracking.run_for_model("sup-nli", model, root, cfg).run_id == run_id
+
+    # retraining to the same weights leaves the folder byte-identical (so its DVC hash too), and
+    # registration attaches to the newest training run of it
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    again = tracking.log_training("sup-nli", {"lr": 5e-5}, loss[:10], dev[:1], {}, model, root, cfg)
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before == {"config.json": b"{}"}
+    assert again != run_id and tracking.run_for_model("sup-nli", model, root, cfg).run_id == again

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from simcse_ops.files import atomic_path
+from simcse_ops.uris import download_registered_model
+
 DEFAULT_MODEL = "default"
 
 
@@ -42,8 +45,6 @@ def resolve_model(name: str | os.PathLike) -> str:
     if name == DEFAULT_MODEL:
         return str(default_model_path())
     if name.startswith("models:/"):
-        from simcse_ops.registry import download_registered_model
-
         return str(download_registered_model(name))
     path = Path(name)
     if path.exists():
@@ -58,12 +59,19 @@ def resolve_model(name: str | os.PathLike) -> str:
     return name  # a hub id
 
 
-def pick_device(device: str = "auto") -> str:
-    if device != "auto":
-        return device
-    import torch
+def pick_device(device: str = "auto", local_rank: int | None = None) -> str:
+    """The device to run on, as torch names it: `auto` is cuda when there is a GPU, else cpu.
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    Under torchrun pass the process's `local_rank`: a plain `cuda` then means this process's GPU,
+    `cuda:<local_rank>`. Any other name is returned as given.
+    """
+    if device == "auto":
+        import torch  # here, not at the top: torch takes seconds to import and the CLI's help needs none
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and local_rank is not None:
+        return f"cuda:{local_rank}"
+    return device
 
 
 def load_sentence_transformer(
@@ -109,8 +117,6 @@ def export_pretrained(name: str, out_dir: Path | str, max_seq_length: int | None
     Used by the `pretrained` variant (`base`) so that every variant is evaluated, probed and
     registered from a `models/<variant>/` folder in the same way.
     """
-    from simcse_ops.files import atomic_path
-
     model = load_sentence_transformer(name, max_seq_length=max_seq_length, device="cpu")
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:

@@ -18,8 +18,12 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-ENCODER_ARTIFACT = "encoder"
+from simcse_ops.encoder import encode, load_sentence_transformer
+from simcse_ops.uris import ENCODER_ARTIFACT  # defined beside the loader that reads it back
+
 CARD_ARTIFACT = "model_card"
+# The request schema of the pyfunc: input columns (or dict keys) it reads sentences from, tried in
+# order. Not a data kind, so not taken from `simcse_ops.schemas.KINDS`.
 TEXT_COLUMNS = ("sentence", "text")
 
 
@@ -56,14 +60,10 @@ class SentenceEncoderModel(mlflow.pyfunc.PythonModel):
         self._model = None
 
     def load_context(self, context) -> None:
-        from simcse_ops.encoder import load_sentence_transformer
-
         folder = Path(context.artifacts[ENCODER_ARTIFACT])
         self._model = load_sentence_transformer(folder, device="auto")
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
-        from simcse_ops.encoder import encode
-
         if self._model is None:  # predict before load_context: only when misused directly
             self.load_context(context)
         sentences = _as_sentences(model_input)

@@ -13,9 +13,15 @@ Training calls
     with tracking.start_run(variant, params=cfg_dict, root=project_root, cfg=mlflow_cfg) as run:
         run.log_metrics(step, loss=..., sentences_per_s=...)
         run.log_metrics(step, dev_spearman=...)
-        run.write_ref(model_dir)      # models/<variant>/mlflow_run.json: run id for later stages
+        run.tag_model(model_dir)      # tag model_sha256: the hash of the folder it wrote
 
-and evaluation, bias and registration attach to the same run with `run_for_model()`.
+(`log_training()` does all of it for a finished training), and registration attaches to the same
+run with `run_for_model()`, which finds it by its tags `variant` and `model_sha256`. Nothing is
+written into the model folder: retraining to the same weights gives the same folder (and the
+same DVC hash), and no path of this machine ships inside a registered model.
+
+mlflow is imported inside the functions that use it: the `simcse-ops` command line imports this
+module, and `simcse-ops --help` should not take the seconds mlflow needs to load.
 """
 
 from __future__ import annotations
@@ -32,37 +38,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-RUN_REF = "mlflow_run.json"  # written into models/<variant>/ by training
+from simcse_ops.config import MlflowConfig
+
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+MODEL_TAG = "model_sha256"  # a run's tag: the hash of the model folder it produced (model_hash)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    """params.yaml `mlflow`: the embedded store and the experiment runs go to."""
-
-    store: str = "mlflow/mlflow.db"  # SQLite backend, relative to params.yaml's folder
-    artifacts: str = "mlflow/artifacts"  # artifact root of the embedded store
-    experiment: str = "simcse"
-    # Our own retry loop (exponential backoff) replaces MLflow's built-in HTTP retries so that a
-    # dead server fails in seconds with a clear message instead of minutes of silent retrying.
-    retries: int = 4
-    backoff_s: float = 1.0
-    backoff_max_s: float = 16.0
-    http_timeout_s: int = 30
-
-
-def mlflow_config(params) -> MlflowConfig:
-    from simcse_ops.config import section
-
-    return section(params, "mlflow", MlflowConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +74,7 @@ def artifact_root(root: Path, cfg: MlflowConfig) -> str:
 def configure(root: Path | str, cfg: MlflowConfig) -> str:
     """Point MLflow (tracking and registry) at the resolved store; create `mlflow/` for the
     embedded one. Called from `main()`, never at import. Returns the URI."""
-    import mlflow
+    import mlflow  # lazy: see the module docstring
 
     root = Path(root)
     uri = resolve_tracking_uri(root, cfg)
@@ -141,7 +127,7 @@ def is_connection_error(exc: BaseException) -> bool:
     MLflow wraps `requests` errors in `MlflowException("API request to ... failed with exception
     ...")`, so the whole cause/context chain is inspected.
     """
-    import requests
+    import requests  # lazy: only when an error is inspected
 
     seen = set()
     e: BaseException | None = exc
@@ -178,21 +164,21 @@ def retry(
             if not is_connection_error(e):
                 raise
             if k == attempts - 1:
-                import mlflow
+                import mlflow  # lazy: see the module docstring
 
                 raise TrackingUnavailable(
                     f"MLflow store {mlflow.get_tracking_uri()} unreachable: could not {what} after "
-                    f"{attempts} attempts with exponential backoff ({_first_line(e)}). Start the "
+                    f"{attempts} attempts with exponential backoff ({first_line(e)}). Start the "
                     f"server (see README 'Registry') or unset {TRACKING_ENV} to use the embedded "
                     f"store, then rerun; params.yaml mlflow.retries/backoff_s tune the patience."
                 ) from e
             wait = min(cfg.backoff_s * 2**k, cfg.backoff_max_s)
-            log(f"mlflow: {what} failed ({_first_line(e)}); retry {k + 1}/{cfg.retries} in {wait:.1f}s")
+            log(f"mlflow: {what} failed ({first_line(e)}); retry {k + 1}/{cfg.retries} in {wait:.1f}s")
             sleep(wait)
     raise AssertionError("unreachable")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
 
@@ -246,7 +232,7 @@ def dvc_data_hashes(root: Path, variant: str | None = None) -> dict[str, str]:
 
 
 def system_info() -> dict[str, str]:
-    import torch
+    import torch  # lazy: seconds to import; only system_info needs it
 
     info = {
         "python": platform.python_version(),
@@ -275,14 +261,12 @@ def lineage_tags(root: Path, variant: str) -> dict[str, str]:
 
 
 def model_hash(model_dir: Path | str) -> str:
-    """sha256 over the model folder's files (relative names and bytes; the run reference is left
-    out, so it identifies the weights and configuration only)."""
+    """sha256 over every file of the model folder (relative names and bytes): the weights and
+    configuration, since nothing else is written there. Training tags its run with it."""
     model_dir = Path(model_dir)
     h = hashlib.sha256()
     for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = f.relative_to(model_dir).as_posix()
-        if rel == RUN_REF:
-            continue
         h.update(rel.encode() + b"\0")
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -320,7 +304,7 @@ class RunLogger:
     def log_metrics(self, step: int, **metrics: float) -> None:
         if not self.enabled or not metrics:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: see the module docstring
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
@@ -329,7 +313,7 @@ class RunLogger:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.enabled or not params:
             return
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: see the module docstring
 
         flat = flatten(params)
         existing = self.client.get_run(self.run_id).data.params
@@ -340,7 +324,7 @@ class RunLogger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled or not tags:
             return
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # lazy: see the module docstring
 
         batch = [RunTag(k, str(v)[:8000]) for k, v in tags.items()]
         retry(lambda: self.client.log_batch(self.run_id, tags=batch), "set run tags", self.cfg)
@@ -350,14 +334,11 @@ class RunLogger:
             retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
                   f"upload {Path(path).name}", self.cfg)
 
-    def write_ref(self, model_dir: Path | str) -> None:
-        """Record this run in the model folder so evaluation, bias and registration attach to it."""
-        if not self.enabled:
-            return
-        from simcse_ops.files import write_json
-
-        write_json(Path(model_dir) / RUN_REF,
-                   {"run_id": self.run_id, "tracking_uri": self.client.tracking_uri})
+    def tag_model(self, model_dir: Path | str) -> None:
+        """Tag this run with the hash of the model folder it produced (`model_sha256`), so that
+        registration finds it (`run_for_model`); the folder itself is left untouched."""
+        if self.enabled:
+            self.set_tags({MODEL_TAG: model_hash(model_dir)})
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -382,7 +363,7 @@ def start_run(
 ) -> Iterator[RunLogger]:
     """Open a run for `variant` in the configured store with params, lineage and system tags.
     The run ends FINISHED, or FAILED if the block raises (the exception propagates)."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: see the module docstring
 
     cfg = cfg or MlflowConfig()
     if not enabled:
@@ -417,7 +398,7 @@ def log_training(
     root: Path | str = ".",
     cfg: MlflowConfig | None = None,
 ) -> str:
-    """Log a finished training to a new run and record it in `model_dir/mlflow_run.json`.
+    """Log a finished training to a new run, tagged with the hash of `model_dir` (`tag_model`).
 
     For a trainer that keeps its curves (and survives resumes): every row of `loss_curve`
     ({"step", "loss", "lr", ...}) and `dev_curve` ({"step", "dev_score"}: the model-selection
@@ -425,7 +406,7 @@ def log_training(
     entries (sentences_per_s, train_s, best_dev_score, ...) are logged at the last step. Returns
     the run id.
     """
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # lazy: see the module docstring
 
     cfg = cfg or MlflowConfig()
     with start_run(variant, params=params, root=root, cfg=cfg) as run:
@@ -442,7 +423,7 @@ def log_training(
         for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
             chunk = metrics[i:i + 1000]
             retry(lambda c=chunk: run.client.log_batch(run.run_id, metrics=c), "log metrics", cfg)
-        run.write_ref(model_dir)
+        run.tag_model(model_dir)
         return run.run_id
 
 
@@ -453,35 +434,24 @@ def run_for_model(
     cfg: MlflowConfig | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> RunLogger:
-    """The run that produced `model_dir` (evaluation, bias and registration attach to it):
+    """The run that produced `model_dir` (registration attaches its results to it):
 
-    1. the run named in `model_dir/mlflow_run.json`, if it exists in this store;
-    2. else the newest run of the experiment tagged with this variant and this model hash;
-    3. else a new run (the `base` variant is never trained; a model trained without tracking or
-       against another store) with lineage tags and the given params.
+    1. the newest run of the experiment tagged with this variant and the model folder's hash
+       (`model_sha256`, set by training: `log_training`, `RunLogger.tag_model`);
+    2. else a new run (the `base` variant is never trained; a model trained without tracking or
+       against another store) with lineage tags, that hash, and the given params.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from mlflow import MlflowClient  # lazy: see the module docstring
 
     cfg = cfg or MlflowConfig()
     root, model_dir = Path(root), Path(model_dir)
     client = MlflowClient()
     digest = model_hash(model_dir)
-    ref = model_dir / RUN_REF
-    if ref.is_file():
-        run_id = json.loads(ref.read_text(encoding="utf-8")).get("run_id")
-        try:
-            run = retry(lambda: client.get_run(run_id), "look up the training run", cfg)
-            logger = RunLogger(client, run.info.run_id, cfg)
-            logger.set_tags({"model_sha256": digest})
-            return logger
-        except MlflowException:
-            pass  # recorded in another store
     exp_id = get_experiment_id(client, root, cfg)
     found = retry(
         lambda: client.search_runs(
             [exp_id],
-            filter_string=f"tags.variant = '{variant}' and tags.model_sha256 = '{digest}'",
+            filter_string=f"tags.variant = '{variant}' and tags.{MODEL_TAG} = '{digest}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         ),
@@ -489,7 +459,7 @@ def run_for_model(
     )
     if found:
         return RunLogger(client, found[0].info.run_id, cfg)
-    tags = {**lineage_tags(root, variant), "model_sha256": digest, "user": who(), "stage": "register"}
+    tags = {**lineage_tags(root, variant), MODEL_TAG: digest, "user": who(), "stage": "register"}
     run = retry(lambda: client.create_run(exp_id, run_name=f"{variant}", tags=tags), "create a run", cfg)
     retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"), "end the run", cfg)
     logger = RunLogger(client, run.info.run_id, cfg)

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from simcse_ops import registry, tracking
+from simcse_ops import actions, registration, tracking
+from simcse_ops.errors import RegistryError
+from simcse_ops.store import CHAMPION
 from tests.registry_support import MlflowServer, export_st, free_port, make_project, tracking_env, write_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,7 +42,7 @@ def project(tmp_path_factory, tiny_model_dir, server):
         from simcse_ops.config import load_params
 
         params = load_params(params_path)
-        assert tracking.configure(root, tracking.mlflow_config(params)) == server.url
+        assert tracking.configure(root, params.mlflow) == server.url
         yield root, params, model
 
 
@@ -52,10 +54,10 @@ def _client():
 
 def _register(project, prefix, metrics_tag, score, on_step=None):
     root, params, model = project
-    p = dataclasses.replace(params, extra={**params.extra, "register": {**params.extra["register"], "model_prefix": prefix}})
+    p = dataclasses.replace(params, register=dataclasses.replace(params.register, model_prefix=prefix))
     mdir = write_metrics(root / "metrics" / metrics_tag, TASKS, score)
-    return registry.register_variant("sup-nli", model, mdir, p, root, base_metrics_dir=root / "metrics" / "base",
-                                     on_step=on_step, log=lambda m: None)
+    return registration.register_variant("sup-nli", model, mdir, p, root, base_metrics_dir=root / "metrics" / "base",
+                                         on_step=on_step, log=lambda m: None)
 
 
 def _kill_at(server, step_name):
@@ -76,7 +78,7 @@ def test_server_dies_after_version_created(server, project):
     assert _register(project, "cut-", "good", 80.0)["promoted"]  # v1: champion
 
     t0 = time.time()
-    with pytest.raises(registry.RegistryError) as err:
+    with pytest.raises(RegistryError) as err:
         _register(project, "cut-", "better", 81.0, on_step=_kill_at(server, "aliases"))
     elapsed = time.time() - t0
     msg = str(err.value)
@@ -98,7 +100,7 @@ def test_server_dies_after_version_created(server, project):
     states = {str(mv.version): mv.tags["registry.state"] for mv in client.search_model_versions(f"name = '{name}'")}
     assert states == {"1": "complete", "3": "complete"}
     _assert_every_version_whole(name)
-    log = registry.audit_log(client, name)
+    log = actions.audit_log(client, name)
     assert [(e["alias"], e["to"]) for e in log if e["alias"] == "champion"] == [("champion", "1"), ("champion", "3")]
 
 
@@ -108,27 +110,27 @@ def test_server_dies_after_champion_moved(server, project, monkeypatch):
     name = "mid-sup-nli"
     assert _register(project, "mid-", "good", 80.0)["promoted"]
 
-    real_move = registry.move_alias
+    real_move = registration.move_alias  # the name registration calls
 
     def move_then_kill(client, n, alias, version, action, why, cfg):
         entry = real_move(client, n, alias, version, action, why, cfg)
-        if alias == registry.CHAMPION and action == "gate":
+        if alias == CHAMPION and action == "gate":
             server.kill()  # after the champion moved, before the version is marked complete
         return entry
 
-    monkeypatch.setattr(registry, "move_alias", move_then_kill)
-    with pytest.raises(registry.RegistryError, match="version 2 was created"):
+    monkeypatch.setattr(registration, "move_alias", move_then_kill)
+    with pytest.raises(RegistryError, match="version 2 was created"):
         _register(project, "mid-", "better", 81.0)
     monkeypatch.undo()
     server.start()
     client = _client()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "2"  # moved, not complete
     _assert_every_version_whole(name)
-    removed = registry.reconcile(client, name, tracking.mlflow_config(project[1]), log=lambda m: None)
+    removed = actions.reconcile(client, name, project[1].mlflow, log=lambda m: None)
     assert removed == ["2"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'")] == ["1"]
-    assert registry.audit_log(client, name)[-1]["action"] == "repair"
+    assert actions.audit_log(client, name)[-1]["action"] == "repair"
 
 
 def test_server_dead_before_registration(server, project):

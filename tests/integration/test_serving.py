@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from simcse_ops import registry, tracking
+from simcse_ops import registration, tracking
 from simcse_ops.encoder import default_model_path
 from tests.registry_support import export_st, free_port, make_project, tracking_env, wait_http, write_metrics
 
@@ -46,8 +46,8 @@ def registered(tmp_path_factory):
         from simcse_ops.config import load_params
 
         params = load_params(params_path)
-        uri = tracking.configure(root, tracking.mlflow_config(params))
-        result = registry.register_variant("base", model, mdir, params, root, log=lambda m: None)
+        uri = tracking.configure(root, params.mlflow)
+        result = registration.register_variant("base", model, mdir, params, root, log=lambda m: None)
         assert result["promoted"] and result["version"] == 1
         yield uri, root
 

@@ -1,0 +1,342 @@
+"""Registration of a variant's model as a new version, with lineage, a model card and the gate.
+
+`register_variant` (the register stage) runs four steps:
+
+1. gather (`gather`, `gather_champion`): read `metrics/<variant>/sts.json`, `bias.json` (and the
+   domain results), the base variant's metrics, and the current champion's scores (re-scoring it
+   when its logged per-item results are not on the current primary task); decide the gate
+   *before* touching the registry's versions (the decision depends only on the scores and the
+   current champion; `scores.gate_inputs` gathers the gate's settings for promote too);
+2. log (`_attach_to_run`, `_log_model`): attach STS, bias and domain results and the model card
+   to the variant's training run (found by its tags: `tracking.run_for_model`), and log the pyfunc
+   model (the sentence-transformers folder + the card) to it;
+3. register (`_create_version`, `_set_aliases`): create the version with every tag at once -
+   scores, bias summary, lineage, decision, reasons, `registry.state=pending` - in one request
+   (one database transaction), so a version never exists without its tags and decision; move
+   `challenger` (and `champion` when the gate passed), logging who/why in the audit trail, then
+   tag `registry.state=complete`. If that fails (the server went away), the version is deleted
+   again and the champion restored (`_undo`); if even that cannot reach the server, the next
+   registration (or `simcse-ops repair`) does it: `actions.reconcile` removes every version still
+   `pending`;
+4. write (`_record`): the mapping the stage writes to `metrics/<variant>/registry.json`.
+
+Every MLflow call is retried with exponential backoff on connection errors and then fails with a
+message naming the store and the operation (`tracking.retry`).
+
+The gate (`gate.decide`): with a champion, the challenger passes when
+  avg(challenger) >= avg(champion) - epsilon,
+  task(challenger) >= task(champion) - delta for each of the 7 STS tasks, and
+  `simcse_ops.gate.gate_bias(challenger, champion, bias cfg)` holds.
+With no champion yet, it must beat `base` (avg > base avg + first_margin) and pass the bias
+criterion against base; the `base` variant itself is the reference and is promoted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow  # serving.py loads it anyway (SentenceEncoderModel subclasses mlflow.pyfunc.PythonModel)
+
+from simcse_ops import tracking
+from simcse_ops.actions import move_alias, reconcile
+from simcse_ops.card import model_card
+from simcse_ops.config import MlflowConfig
+from simcse_ops.errors import RegistryError
+from simcse_ops.evaluation import rescore_domain_task
+from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, decide
+from simcse_ops.scores import (
+    DOMAIN_ITEMS, DOMAIN_JSON, base_scores, gate_inputs, load_domain, load_scores, score_tags, version_scores,
+)
+from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
+from simcse_ops.store import (
+    CHALLENGER, CHAMPION, COMPLETE, PENDING, alias_version, ensure_registered_model, mlflow_client,
+)
+from simcse_ops.tracking import retry
+from simcse_ops.uris import download_registered_model
+
+MAX_DESCRIPTION = 4900  # model_versions.description is VARCHAR(5000) in MLflow's SQL schema
+
+
+@dataclass
+class Gathered:
+    """What the gate and the card see, gathered before anything is written to the registry."""
+
+    variant: str
+    name: str  # the registered model
+    g: GateInputs
+    scores: Scores  # the challenger's
+    base: Scores | None  # the reference variant's (None for the reference itself)
+    champ_mv: Any = None  # the champion's model version, None when there is none
+    champion: Scores | None = None
+
+    @property
+    def champ_label(self) -> str:
+        return f"champion v{self.champ_mv.version}" if self.champ_mv is not None else "none"
+
+    @property
+    def prev_champion(self) -> str | None:
+        return str(self.champ_mv.version) if self.champ_mv is not None else None
+
+
+def register_variant(
+    variant: str,
+    model_dir: Path | str,
+    metrics_dir: Path | str,
+    params: Any,
+    root: Path | str,
+    base_metrics_dir: Path | str | None = None,
+    on_step: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = print,
+    data_dir: Path | str | None = None,
+) -> dict[str, Any]:
+    """Register `model_dir` as a new version of `simcse-<variant>` and apply the gate.
+
+    `on_step(name)` is called at "prepare", "log_model", "create_version", "created", "aliases",
+    "champion" (when promoted) and "done" (fault-injection tests stop the server at a chosen
+    step). `data_dir` (data/ingested) lets a domain variant's gate re-score a champion whose
+    logged per-item results do not match the current primary task. Returns the registry.json
+    mapping. The tracking URI must be configured (`tracking.configure`).
+    """
+    step = on_step or (lambda _s: None)
+    root, model_dir, metrics_dir = Path(root), Path(model_dir), Path(metrics_dir)
+    mcfg = params.mlflow
+    ev = gather(params, variant, model_dir, metrics_dir, base_metrics_dir)
+
+    step("prepare")
+    client = mlflow_client()
+    ensure_registered_model(client, ev.name, mcfg)
+    reconcile(client, ev.name, mcfg, log)
+    gather_champion(client, params, ev, data_dir, log)
+    decision = decide(ev.scores, ev.champion, ev.champ_label, ev.base, ev.g)
+    run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
+
+    step("log_model")
+    info = _log_model(run, model_dir, card, mcfg)
+
+    step("create_version")
+    tags = _version_tags(ev, decision, lineage, run.run_id)
+    mv = _create_version(client, ev.name, info.model_uri, run.run_id, info.model_id, tags,
+                         _description(card), mcfg)
+    step("created")
+    _set_aliases(client, ev, decision, str(mv.version), mcfg, step, log)
+    step("done")
+    result = _record(client, ev, decision, int(mv.version), run.run_id, lineage, mcfg)
+    log(f"register: {ev.name} v{mv.version}: {decision.label} (vs {decision.compared_to})")
+    for r in decision.reasons:
+        log(f"  {r}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Gather
+
+
+def gather(params, variant: str, model_dir: Path, metrics_dir: Path, base_metrics_dir: Path | str | None) -> Gathered:
+    """The challenger's scores and the reference's, from the stages' files (no registry access)."""
+    params.variant(variant)  # an unknown variant fails before anything is read
+    g = gate_inputs(params, variant)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); run the train stage")
+    scores = load_scores(metrics_dir, g.tasks, require_bias=g.cfg.bias_gate, model=variant)
+    if g.primary is not None and g.primary not in scores.domain:
+        raise FileNotFoundError(f"{metrics_dir / DOMAIN_JSON}: no results on the primary task "
+                                f"{g.primary}; run the evaluate stage (dvc repro evaluate@{variant})")
+    base = None
+    if base_metrics_dir is not None and not g.is_base_variant:
+        # the base encoder on the domain tasks, scored in the variant's own evaluate run
+        base = base_scores(base_metrics_dir, g.tasks, load_domain(metrics_dir, "base"))
+    return Gathered(variant, g.cfg.model_prefix + variant, g, scores, base)
+
+
+def gather_champion(client, params, ev: Gathered, data_dir: Path | str | None, log: Callable[[str], None]) -> None:
+    """Fill in the current champion and its scores (re-scored on the current primary task when
+    its logged per-item results are missing or on other data, and `data_dir` is given)."""
+    ev.champ_mv = alias_version(client, ev.name, CHAMPION, params.mlflow)
+    if ev.champ_mv is None:
+        return
+    ev.champion = version_scores(client, ev.champ_mv, ev.variant, ev.g, params.mlflow)
+    primary = ev.g.primary
+    if primary is not None and data_dir is not None and not _same_items(ev.scores, ev.champion, primary):
+        ev.champion = _rescore_champion(params, ev.name, ev.champ_mv, ev.champion, data_dir, primary, log)
+
+
+def _same_items(a: Scores, b: Scores, task: str) -> bool:
+    da, db = a.domain.get(task), b.domain.get(task)
+    return bool(da and db and da.items and db.items and da.fingerprint == db.fingerprint
+                and set(da.items["id"]) == set(db.items["id"]))
+
+
+def _rescore_champion(params, name: str, champ_mv, champion: Scores, data_dir, task: str, log) -> Scores:
+    """The champion on the current primary task, when its logged per-item results are missing
+    (registered before domain evaluation) or on other data (the evaluation set or its document
+    collection changed: another fingerprint)."""
+    log(f"register: {name} v{champ_mv.version} has no per-item results on the current {task}; re-scoring it")
+    path = download_registered_model(f"models:/{name}/{champ_mv.version}")
+    r = rescore_domain_task(params, task, path, data_dir)
+    rescored = DomainScore(r["metric"], float(r["value"]), tuple(r["ci"]), r["items"], r["fingerprint"])
+    return dataclasses.replace(champion, domain={**champion.domain, task: rescored})
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Log to the training run
+
+
+def _attach_to_run(params, ev: Gathered, decision: Decision, model_dir: Path, metrics_dir: Path, root: Path):
+    """The variant's run with the results attached, the version's lineage tags, and the card."""
+    vcfg, scores = params.variant(ev.variant), ev.scores
+    run = tracking.run_for_model(ev.variant, model_dir, root, params.mlflow, params=dataclasses.asdict(vcfg))
+    tracking.attach_results(run, "sts", scores.sts, [metrics_dir / "sts.json"])
+    tracking.attach_results(run, "bias", scores.bias or {}, [metrics_dir / "bias.json"])
+    if scores.domain:
+        tracking.attach_results(run, "domain", {t: d.value for t, d in scores.domain.items()},
+                                [metrics_dir / DOMAIN_JSON, metrics_dir / DOMAIN_ITEMS])
+    lineage = {**tracking.lineage_tags(root, ev.variant), "model_sha256": tracking.model_hash(model_dir)}
+    card = model_card(ev.name, ev.variant, vcfg, params, scores, ev.base, ev.champion, ev.champ_label, decision,
+                      lineage, ev.g.tasks, domain_path=metrics_dir / DOMAIN_JSON)
+    return run, lineage, card
+
+
+def _embedding_dim(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    for name in sorted(model_dir.glob("*_Dense/config.json")):
+        cfg = {"hidden_size": json.loads(name.read_text())["out_features"]}
+    return int(cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model"))
+
+
+def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig):
+    """Upload the card to the run and log the pyfunc model (the folder + the card) to it."""
+    with tempfile.TemporaryDirectory(prefix="simcse-card-") as tmp:
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card, encoding="utf-8")
+        run.log_artifact(card_path, "model_card")
+        dim = _embedding_dim(model_dir)
+
+        def log_model():
+            with mlflow.start_run(run_id=run.run_id):
+                return mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=SentenceEncoderModel(),
+                    artifacts={ENCODER_ARTIFACT: str(model_dir), CARD_ARTIFACT: str(card_path)},
+                    signature=signature(dim),
+                    pip_requirements=pip_requirements(),
+                )
+
+        return retry(log_model, "upload the model", mcfg)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Register
+
+
+def _version_tags(ev: Gathered, decision: Decision, lineage: dict[str, str], run_id: str) -> dict[str, str]:
+    return {
+        **lineage,
+        **score_tags(ev.scores),
+        "run_id": run_id,
+        "gate.decision": decision.label,
+        "gate.reasons": json.dumps(decision.reasons),
+        "gate.compared_to": decision.compared_to,
+        "gate.previous_champion": ev.prev_champion or "",
+        "gate.by": tracking.who(),
+        "registration_id": uuid.uuid4().hex,
+        "registry.state": PENDING,
+    }
+
+
+def _description(card: str) -> str:
+    """The card as the version's description, cut to fit the column (the full card is an artifact)."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    note = "\n\n... (truncated; the full card is the model's artifact `model_card.md`)\n"
+    return card[: MAX_DESCRIPTION - len(note)].rsplit("\n", 1)[0] + note
+
+
+def _create_version(client, name: str, source: str, run_id: str, model_id: str | None,
+                    tags: dict[str, str], description: str, cfg: MlflowConfig):
+    """Create the version with all its tags in one request. A retry first looks for a version with
+    this registration id, so a request that succeeded before its answer was lost is not doubled."""
+    reg_id = tags["registration_id"]
+
+    def create():
+        found = [mv for mv in client.search_model_versions(f"name = '{name}' and tag.registration_id = '{reg_id}'")]
+        if found:
+            return found[0]
+        return client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description, model_id=model_id,
+            await_creation_for=0,
+        )
+
+    return retry(create, f"create a version of {name}", cfg)
+
+
+def _set_aliases(client, ev: Gathered, decision: Decision, version: str, mcfg: MlflowConfig,
+                 step: Callable[[str], None], log: Callable[[str], None]) -> None:
+    """Move `challenger` (and `champion` when promoted), then mark the version complete; on
+    failure undo the version and raise RegistryError."""
+    try:
+        move_alias(client, ev.name, CHALLENGER, version, "register", "newly registered version", mcfg)
+        step("aliases")
+        if decision.promote:
+            move_alias(client, ev.name, CHAMPION, version, "gate", "; ".join(decision.reasons), mcfg)
+            step("champion")
+        retry(lambda: client.set_model_version_tag(ev.name, version, "registry.state", COMPLETE),
+              "mark the version complete", mcfg)
+    except Exception as e:
+        undone = _undo(client, ev.name, version, ev.prev_champion, log)
+        state = ("it was deleted again" if undone else
+                 f"it is left '{PENDING}' and the next registration (or `simcse-ops repair {ev.variant}`) "
+                 f"removes it")
+        raise RegistryError(
+            f"register {ev.name}: version {version} was created but its aliases could not be set "
+            f"({tracking.first_line(e)}); {state}. Nothing was promoted. Fix the store and rerun."
+        ) from e
+
+
+def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bool:
+    """Best effort, one attempt each: give `champion` back (audited) if this version took it,
+    then delete the half-made version."""
+    once = MlflowConfig(retries=0)
+    try:
+        champ = alias_version(client, name, CHAMPION, once)
+        if champ is not None and str(champ.version) == version:
+            move_alias(client, name, CHAMPION, prev_champion or None, "repair",
+                       f"registration of version {version} failed; champion restored", once)
+        client.delete_model_version(name, version)
+        return True
+    except Exception as e:
+        log(f"registry: could not undo version {version} ({tracking.first_line(e)})")
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Write
+
+
+def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str, lineage: dict[str, str],
+            mcfg: MlflowConfig) -> dict[str, Any]:
+    """The registry.json mapping: the version, the decision and the run it belongs to."""
+    champion_version = int(ev.champ_mv.version) if ev.champ_mv is not None else None
+    return {
+        "name": ev.name,
+        "version": version,
+        "decision": decision.label,
+        "promoted": decision.promote,
+        "compared_to": decision.compared_to,
+        "reasons": decision.reasons,
+        "champion": version if decision.promote else champion_version,
+        "run_id": run_id,
+        "experiment_id": retry(lambda: client.get_run(run_id).info.experiment_id, "read the run", mcfg),
+        "model_sha256": lineage["model_sha256"],
+        # the domain figures the gate saw: the challenger beside the champion it was compared with
+        "domain": {t: {"metric": d.metric, "challenger": d.value, "ci": list(d.ci) if d.ci else None,
+                       "champion": (ev.champion.domain[t].value
+                                    if ev.champion is not None and t in ev.champion.domain else None)}
+                   for t, d in ev.scores.domain.items()},
+    }
