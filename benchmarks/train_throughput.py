@@ -64,8 +64,8 @@ def bench_ours(model_name: str, sentences: list[str], args, precision: str, plai
     from simcse_ops.config import VariantConfig
     from simcse_ops.encoder import resolve_model
     from simcse_ops.model import SimCSEEncoder
-    from simcse_ops.trainer import (TrainingSet, autocast_for, configure_dropout, linear_schedule, make_optimizer,
-                                    tokenize_column, train_step)
+    from simcse_ops.trainer import autocast_for, configure_dropout, linear_schedule, make_optimizer, train_step
+    from simcse_ops.training_data import TrainingSet, tokenize_column
 
     extra = {"length_groups": 1, "dropout_impl": "native"} if plain else {}
     cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length,

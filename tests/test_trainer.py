@@ -20,11 +20,10 @@ import yaml
 
 from simcse_ops import schemas
 from simcse_ops.files import DataError
-from simcse_ops.trainer import (
-    encode_rows,
+from simcse_ops.trainer import encode_rows, linear_schedule
+from simcse_ops.training_data import (
     epoch_permutation,
     length_groups,
-    linear_schedule,
     load_training_texts,
     pad_rows,
     tokenize_column,
@@ -226,14 +225,19 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     assert st.encode(["a cat."]).shape == (1, 32)
     AutoModel.from_pretrained(str(out / "model"))
 
-    # tracked in MLflow (the embedded store beside params.yaml), the run id kept with the model
-    import json
-
+    # tracked in MLflow (the embedded store beside params.yaml): the run is tagged with the model
+    # folder's hash, and nothing of the run is written into the folder
     import mlflow
 
-    run_id = json.loads((out / "model" / "mlflow_run.json").read_text())["run_id"]
+    from simcse_ops.tracking import model_hash
+
+    assert not (out / "model" / "mlflow_run.json").exists()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    run = client.get_run(run_id)
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                               filter_string=f"tags.model_sha256 = '{model_hash(out / 'model')}'")
+    assert len(found) == 1
+    run = found[0]
+    run_id = run.info.run_id
     assert run.data.tags["variant"] == "sup-nli"
     assert run.data.params["lr"] == "0.001"
     assert len(client.get_metric_history(run_id, "loss")) == 12
@@ -264,7 +268,8 @@ def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir)
     from simcse_ops.config import VariantConfig
     from simcse_ops.model import SimCSEEncoder
     from simcse_ops.sts import DevScorer
-    from simcse_ops.trainer import build_training_set, train
+    from simcse_ops.trainer import DevConfig, train
+    from simcse_ops.training_data import build_training_set
 
     torch.set_num_threads(1)
     write_data(tmp_path)
@@ -275,7 +280,7 @@ def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir)
     scores = iter([99.0, 1.0, 5.0, 2.0, 3.0])  # steps 0, 2, 4, 6, 7
     scorer = DevScorer("toy_dev_ndcg@10", lambda embed: (embed(["a cat."]).shape == (1, 32)) * next(scores))
     encoder = SimCSEEncoder.from_pretrained(str(tiny_model_dir))
-    result, best = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt", dev=scorer, progress=False)
+    result, best = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt", dev=DevConfig(scorer), progress=False)
     assert [r["step"] for r in result.dev_curve] == [0, 2, 4, 6, 7]
     assert result.dev_metric == "toy_dev_ndcg@10" and result.best_step == 4 and result.best_dev_score == 5.0
     assert best is not None

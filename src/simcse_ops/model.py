@@ -22,12 +22,25 @@ also loads with `AutoModel`; safetensors only.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import logging
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Dense, Normalize, Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling, WeightedLayerPooling
 from torch import Tensor, nn
+from transformers import AutoModel
+
+from simcse_ops.encoder import load_sentence_transformer, resolve_model
+from simcse_ops.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 Pooler = Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"]
 POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
@@ -83,6 +96,105 @@ class FastDropout(nn.Module):
 
 FAST_ATTENTION = "simcse_sdpa"
 
+# The transformers internals FAST_ATTENTION is built on (not public API: they change between
+# releases). `fast_attention_supported` checks each of them before anything is registered.
+_SDPA_POSITIONAL = ("module", "query", "key", "value", "attention_mask")  # how transformers calls an attention function
+_SDPA_KEYWORDS = ("dropout", "scaling")
+_fallback_warned: set[str] = set()
+
+
+def _transformers():
+    """The `transformers` package as imported now (`sys.modules`): what `from transformers import X`
+    sees. (In transformers 5.0.0, importing `transformers.trainer` replaces that module object.)"""
+    return importlib.import_module("transformers")
+
+
+def _changed(name: str, what: str) -> tuple[bool, str]:
+    return False, f"transformers {_transformers().__version__} changed {name}: {what}"
+
+
+def fast_attention_supported() -> tuple[bool, str]:
+    """(True, "") when the installed transformers has the internals `FAST_ATTENTION` relies on.
+
+    Checked, without side effects (no registration, no random draws):
+    - `transformers.integrations.sdpa_attention.sdpa_attention_forward`, called by
+      `_fast_dropout_attention`: positional parameters (module, query, key, value,
+      attention_mask), keywords `dropout` and `scaling`, **kwargs, no other required parameter;
+      and still the function `AttentionInterface` runs for "sdpa";
+    - `transformers.masking_utils.sdpa_mask`, registered as our mask function: still the mask
+      function `AttentionMaskInterface` uses for "sdpa" (so our masks are SDPA's);
+    - `AttentionInterface.register(key, value)` and `AttentionMaskInterface.register(key, value)`;
+    - `PreTrainedModel.set_attn_implementation(attn_implementation)`, which switches a model.
+
+    Otherwise (False, "transformers X changed NAME: WHAT").
+    """
+    try:
+        sdpa_module = importlib.import_module("transformers.integrations.sdpa_attention")
+    except ImportError as e:
+        return _changed("transformers.integrations.sdpa_attention", f"cannot be imported ({e})")
+    forward = getattr(sdpa_module, "sdpa_attention_forward", None)
+    name = "integrations.sdpa_attention.sdpa_attention_forward"
+    if not callable(forward):
+        return _changed(name, "no longer exists")
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError) as e:
+        return _changed(name, f"has no inspectable signature ({e})")
+    positional = tuple(p.name for p in params
+                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))[:len(_SDPA_POSITIONAL)]
+    if positional != _SDPA_POSITIONAL:
+        return _changed(name, f"its positional parameters are {positional}, expected {_SDPA_POSITIONAL}")
+    named = {p.name: p for p in params}
+    for kw in _SDPA_KEYWORDS:
+        if kw not in named or named[kw].kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                     inspect.Parameter.KEYWORD_ONLY):
+            return _changed(name, f"it takes no keyword {kw!r}")
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        return _changed(name, "it no longer takes **kwargs")
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and p.name not in _SDPA_POSITIONAL]
+    if required:
+        return _changed(name, f"new required parameters {required}")
+
+    try:
+        masking = importlib.import_module("transformers.masking_utils")
+    except ImportError as e:
+        return _changed("transformers.masking_utils", f"cannot be imported ({e})")
+    sdpa_mask = getattr(masking, "sdpa_mask", None)
+    if not callable(sdpa_mask):
+        return _changed("masking_utils.sdpa_mask", "no longer exists")
+
+    for iface_name, sdpa_fn, fn_name in (("AttentionInterface", forward, name),
+                                         ("AttentionMaskInterface", sdpa_mask, "masking_utils.sdpa_mask")):
+        iface = getattr(_transformers(), iface_name, None)
+        register = getattr(iface, "register", None)
+        if not callable(register):
+            return _changed(f"{iface_name}.register", "no longer exists")
+        try:
+            reg_params = [p.name for p in inspect.signature(register).parameters.values()]
+        except (TypeError, ValueError) as e:
+            return _changed(f"{iface_name}.register", f"has no inspectable signature ({e})")
+        if reg_params[:2] != ["key", "value"]:
+            return _changed(f"{iface_name}.register", f"its parameters are {reg_params}, expected ['key', 'value']")
+        try:
+            current = iface().get("sdpa")
+        except Exception as e:  # noqa: BLE001 - any failure means the interface changed
+            return _changed(iface_name, f"cannot be read as a mapping ({type(e).__name__}: {e})")
+        if current is not sdpa_fn:
+            return _changed(iface_name, f"its 'sdpa' entry is {current!r}, no longer {fn_name}")
+
+    set_impl = getattr(getattr(_transformers(), "PreTrainedModel", None), "set_attn_implementation", None)
+    if not callable(set_impl):
+        return _changed("PreTrainedModel.set_attn_implementation", "no longer exists")
+    try:
+        impl_params = [p.name for p in inspect.signature(set_impl).parameters.values()][1:2]
+    except (TypeError, ValueError) as e:
+        return _changed("PreTrainedModel.set_attn_implementation", f"has no inspectable signature ({e})")
+    if impl_params != ["attn_implementation"]:
+        return _changed("PreTrainedModel.set_attn_implementation",
+                        f"its first parameter is {impl_params}, expected ['attn_implementation']")
+    return True, ""
+
 
 def _fast_dropout_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention with FastDropout on the probabilities (CPU training); anything else goes to SDPA.
@@ -93,6 +205,7 @@ def _fast_dropout_attention(module, query, key, value, attention_mask, dropout=0
     (torch's CPU SDPA draws it with the slower `bernoulli_`). Causal, grouped-query, CUDA, eval
     and dropout-free calls are passed to Hugging Face's SDPA function unchanged.
     """
+    # A transformers internal, vetted by fast_attention_supported() before this is registered.
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if (dropout == 0.0 or not module.training or query.device.type != "cpu" or key.shape[1] != query.shape[1]
@@ -110,7 +223,14 @@ def _fast_dropout_attention(module, query, key, value, attention_mask, dropout=0
 
 
 def register_fast_attention() -> str:
-    """Register `_fast_dropout_attention` (with SDPA's masks) with transformers; idempotent."""
+    """Register `_fast_dropout_attention` (with SDPA's masks) with transformers; idempotent.
+
+    Raises RuntimeError when `fast_attention_supported()` says the internals changed.
+    """
+    ok, reason = fast_attention_supported()
+    if not ok:
+        raise RuntimeError(f"{reason}; cannot register {FAST_ATTENTION!r}")
+    # transformers internals, vetted just above.
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
@@ -140,10 +260,21 @@ def use_fast_attention_dropout(backbone: nn.Module) -> str | None:
 
     Only models on Hugging Face's attention interface with `sdpa` selected are switched (None
     otherwise). Call `restore_attention(backbone, previous)` before saving the model.
+
+    When the installed transformers changed the internals this relies on (see
+    `fast_attention_supported`), a warning is logged once and None is returned: the model keeps
+    `sdpa`, i.e. torch's native attention dropout (same model, slower on CPU).
     """
     config = getattr(backbone, "config", None)
     previous = getattr(config, "_attn_implementation", None)
     if previous != "sdpa" or not hasattr(backbone, "set_attn_implementation"):
+        return None
+    ok, reason = fast_attention_supported()
+    if not ok:
+        if reason not in _fallback_warned:
+            _fallback_warned.add(reason)
+            log.warning("%s; attention dropout falls back to torch's native SDPA dropout (slower on CPU). "
+                        "Update simcse_ops/model.py's fast attention or pin an older transformers.", reason)
         return None
     register_fast_attention()
     try:
@@ -213,10 +344,6 @@ class SimCSEEncoder(nn.Module):
         mlp_only_train: bool = True,
     ) -> "SimCSEEncoder":
         """Load the backbone with `AutoModel` from a local folder, `default` or a hub id."""
-        from transformers import AutoModel
-
-        from simcse_ops.encoder import resolve_model
-
         backbone = AutoModel.from_pretrained(resolve_model(name))
         return cls(backbone, pooler=pooler, mlp=mlp, mlp_only_train=mlp_only_train)
 
@@ -251,10 +378,6 @@ class SimCSEEncoder(nn.Module):
 
 def _base_st_info(base_model: str) -> tuple[int, bool]:
     """(inference max_seq_length, whether the base pipeline ends with Normalize) of the base model."""
-    from sentence_transformers.sentence_transformer.modules import Normalize
-
-    from simcse_ops.encoder import load_sentence_transformer
-
     st = load_sentence_transformer(base_model, device="cpu")
     normalize = any(isinstance(m, Normalize) for m in st)
     return int(st.max_seq_length), normalize
@@ -273,14 +396,6 @@ def export_sentence_transformer(
     never the training length: truncating evaluation sentences to 32 tokens costs STS points.
     A base model whose sentence-transformers pipeline normalises its output keeps that module.
     """
-    import tempfile
-
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Dense, Normalize, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, WeightedLayerPooling
-
-    from simcse_ops.files import atomic_path
-
     base_len, base_normalizes = _base_st_info(base_model)
     seq_len = max_seq_length or base_len
     backbone = encoder.backbone

@@ -22,7 +22,7 @@ The loop follows trainer.py: the variant's corpus column `text` truncated to `ma
 epoch permutations `default_rng(seed + epoch)`, AdamW (no decay on 1-d parameters), linear warm-up
 and decay, gradient clipping, bf16 autocast when `precision` says so (CPU too) or on CUDA under
 `auto`. Model selection with a `DevScorer` every `eval_steps` and at the end: the best step is
-exported. Checkpoints (`checkpoint_steps`) hold the same fields as trainer.py's, with the encoder
+exported. Checkpoints (`checkpoint_steps`) are checkpoint.py's `Checkpoint`, with the encoder
 and decoder weights, so a killed run resumes and reproduces the uninterrupted one. One process
 only (no torchrun).
 """
@@ -40,30 +40,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Normalize
+from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
+from tqdm.auto import tqdm
 
-from simcse_ops.config import ConfigError, VariantConfig
-from simcse_ops.distributed import DistContext
-from simcse_ops.files import atomic_path
-from simcse_ops.sts import DevScorer
-from simcse_ops.trainer import (
-    CHECKPOINT_FORMAT,
-    TrainResult,
-    _checkpoints,
-    _torch_save_atomic,
-    autocast_for,
-    epoch_permutation,
-    linear_schedule,
+from simcse_ops.checkpoint import (
+    Checkpoint,
+    clear_checkpoints,
     load_best_state,
-    load_latest_checkpoint,
-    load_training_texts,
-    make_optimizer,
-    pick_torch_device,
-    restore_checkpoint,
     rng_state,
     run_fingerprint,
+    save_best,
     seed_everything,
-    write_training_metrics,
 )
+from simcse_ops.config import ConfigError, VariantConfig
+from simcse_ops.encoder import load_sentence_transformer, pick_device
+from simcse_ops.files import atomic_path
+from simcse_ops.sts import DevScorer
+from simcse_ops.trainer import TrainResult, autocast_for, linear_schedule, make_optimizer, write_training_metrics
+from simcse_ops.training_data import epoch_permutation, load_training_texts
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +90,6 @@ def noisy_batch(texts: Sequence[str], ratio: float, seed: int, step: int) -> lis
 def build_tsdae(base_model: str, seed: int):
     """(exported model, DenoisingAutoEncoderLoss): the base SentenceTransformer, and the loss over
     the same modules without a final Normalize, with a tied decoder (seeded cross-attention init)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Normalize
-    from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
-
-    from simcse_ops.encoder import load_sentence_transformer
-
     full = load_sentence_transformer(base_model, device="cpu")
     encoder = SentenceTransformer(modules=[m for m in full if not isinstance(m, Normalize)], device="cpu")
     seed_everything(seed)
@@ -152,38 +142,45 @@ def make_st_embed_fn(model, loss_fn, batch_size: int):
 
 
 class _Checkpointer:
-    """trainer.py's checkpoint fields for the TSDAE loop: latest-only checkpoints and best.pt."""
+    """checkpoint.py's files for the TSDAE loop (one process): latest-only checkpoints of the
+    encoder and decoder (`loss_fn`), and best.pt with the encoder's best weights."""
 
     def __init__(self, ckpt_dir: Path, fingerprint: str, cfg: VariantConfig, dev_metric: str | None) -> None:
         self.dir, self.fp, self.cfg, self.dev_metric = Path(ckpt_dir), fingerprint, cfg, dev_metric
 
-    def load(self) -> dict | None:
-        state = load_latest_checkpoint(self.dir, self.fp, self.dev_metric) if self.dir.is_dir() else None
-        if state is None and self.dir.is_dir():
-            for stale in list(_checkpoints(self.dir)) + [self.dir / "best.pt"]:
-                stale.unlink(missing_ok=True)
-        return state
+    def load(self) -> Checkpoint | None:
+        ckpt = Checkpoint.latest(self.dir, self.fp, self.dev_metric)
+        if ckpt is None:
+            clear_checkpoints(self.dir)
+        return ckpt
 
     def save_best(self, step: int, score: float, model_state: dict) -> None:
         if self.cfg.checkpoint_steps:
-            _torch_save_atomic({"step": step, "score": score, "model": model_state}, self.dir / "best.pt")
+            save_best(self.dir, step, score, model_state)
 
     def save(self, step: int, steps_per_epoch: int, loss_fn, optimizer, scheduler, result: TrainResult,
              train_s: float) -> None:
-        ckpt = {
-            "format": CHECKPOINT_FORMAT, "fingerprint": self.fp, "step": step,
-            "epoch": step // steps_per_epoch, "position": step % steps_per_epoch,
-            "model": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": [rng_state()],
-            "loss_curve": result.loss_curve, "dev_curve": result.dev_curve, "dev_metric": self.dev_metric,
-            "best_step": result.best_step, "best_dev_score": result.best_dev_score,
-            "train_s": train_s, "config": asdict(self.cfg),
-        }
-        path = self.dir / f"checkpoint-{step:08d}.pt"
-        _torch_save_atomic(ckpt, path)
-        for old in _checkpoints(self.dir):
-            if old != path:
-                old.unlink(missing_ok=True)
+        Checkpoint.at_step(
+            step, steps_per_epoch, fingerprint=self.fp, model=loss_fn.state_dict(),
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=[rng_state()],
+            loss_curve=result.loss_curve, dev_curve=result.dev_curve, dev_metric=self.dev_metric,
+            best_step=result.best_step, best_dev_score=result.best_dev_score, train_s=train_s,
+            config=asdict(self.cfg),
+        ).save_latest(self.dir)
+
+
+def evaluate_tsdae_dev(dev: DevScorer, embed, step: int, result: TrainResult, loss_fn, ckpt: _Checkpointer,
+                       selectable: bool = True) -> dict | None:
+    """Score dev onto the curve; returns the encoder's weights when a selectable step beats the
+    best so far (then also in best.pt), else None."""
+    score = float(dev.score(embed))
+    result.dev_curve.append({"step": step, "dev_score": round(score, 4)})
+    if selectable and (result.best_dev_score is None or score > result.best_dev_score):
+        result.best_dev_score, result.best_step = score, step
+        best_state = {k: v.detach().cpu().clone() for k, v in loss_fn.encoder.state_dict().items()}
+        ckpt.save_best(step, score, best_state)
+        return best_state
+    return None
 
 
 def train_tsdae(
@@ -204,8 +201,6 @@ def train_tsdae(
     Step t (1-based) takes positions (t-1) mod S of epoch (t-1) // S's permutation (S steps per
     epoch, the last incomplete batch dropped) and the noise of `noisy_batch(..., seed, t - 1)`.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     n = len(texts)
     steps_per_epoch = n // cfg.batch_size
@@ -224,18 +219,9 @@ def train_tsdae(
     step, prior_train_s, best_state = _start(ckpt, loss_fn, optimizer, scheduler, result, cfg)
     embed = make_st_embed_fn(model, loss_fn, dev_batch_size)
 
-    def evaluate_dev(selectable: bool = True) -> None:
-        nonlocal best_state
-        score = float(dev.score(embed))
-        result.dev_curve.append({"step": step, "dev_score": round(score, 4)})
-        if selectable and (result.best_dev_score is None or score > result.best_dev_score):
-            result.best_dev_score, result.best_step = score, step
-            best_state = {k: v.detach().cpu().clone() for k, v in loss_fn.encoder.state_dict().items()}
-            ckpt.save_best(step, score, best_state)
-
     bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, desc="train tsdae")
     if step == 0 and dev is not None:
-        evaluate_dev(selectable=False)  # the base encoder, for the curve only
+        evaluate_tsdae_dev(dev, embed, step, result, loss_fn, ckpt, selectable=False)  # the base, curve only
     t_train, perm_epoch, perm = time.perf_counter(), -1, None
     while step < total:
         epoch, position = divmod(step, steps_per_epoch)
@@ -253,7 +239,8 @@ def train_tsdae(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if dev is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
-            evaluate_dev()
+            new_best = evaluate_tsdae_dev(dev, embed, step, result, loss_fn, ckpt)
+            best_state = best_state if new_best is None else new_best
         if cfg.checkpoint_steps and (step % cfg.checkpoint_steps == 0 or step == total):
             ckpt.save(step, steps_per_epoch, loss_fn, optimizer, scheduler, result,
                       prior_train_s + time.perf_counter() - t_train)
@@ -272,10 +259,11 @@ def _start(ckpt: _Checkpointer, loss_fn, optimizer, scheduler, result: TrainResu
     if state is None:
         seed_everything(cfg.seed)
         return 0, 0.0, None
-    step, train_s = restore_checkpoint(state, loss_fn, optimizer, scheduler, result)
+    state.restore(loss_fn, optimizer, scheduler)
+    result.resume_from(state)
     best = load_best_state(ckpt.dir, result.best_step) if result.best_step is not None else None
-    log.info("resumed from %s at step %d", ckpt.dir, step)
-    return step, train_s, best
+    log.info("resumed from %s at step %d", ckpt.dir, state.step)
+    return state.step, float(state.train_s), best
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +292,7 @@ def run_tsdae(
     if not 0.0 <= cfg.tsdae_deletion_ratio < 1.0:
         raise ConfigError(f"variants.{variant}.tsdae_deletion_ratio: expected a number in [0, 1), "
                           f"got {cfg.tsdae_deletion_ratio}")
-    torch_device = pick_torch_device(device, DistContext())
+    torch_device = torch.device(pick_device(device))
     texts = load_training_texts(data_dir, cfg.corpus, "unsup", cfg.max_train_samples)["text"]
     model, loss_fn = build_tsdae(cfg.base_model, cfg.seed)
     result, best_state = train_tsdae(cfg, texts, model, loss_fn, ckpt_dir=Path(ckpt_dir), dev=dev,
