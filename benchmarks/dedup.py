@@ -36,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from simcse_ops.config import load_params, section
+from simcse_ops.config import DedupConfig, load_params
 from simcse_ops.dedup import (
-    DedupConfig,
     NearPairs,
     ShingleSets,
     greedy_near_duplicates,
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-datasketch", action="store_true")
     args = ap.parse_args(argv)
 
-    cfg = section(load_params(args.params), "dedup", DedupConfig)
+    cfg = load_params(args.params).dedup
     t0 = time.perf_counter()
     pool = load_pool(args.data, cfg)
     small, small_truth = build(pool, args.compare_size, int(args.compare_size * args.planted_fraction), cfg, args.seed)

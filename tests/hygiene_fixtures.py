@@ -23,7 +23,8 @@ def _real_lines(data_root: str) -> tuple[str, ...]:
 
 def real_sentences(data_root, n: int, skip: int = 0) -> list[str]:
     """`n` real Wikipedia sentences (wiki1m) of 8-40 words, no two of them near duplicates."""
-    from simcse_ops.dedup import DedupConfig, deduplicate
+    from simcse_ops.config import DedupConfig
+    from simcse_ops.dedup import deduplicate
 
     lines = [s for s in _real_lines(str(data_root)) if 8 <= len(s.split()) <= 40][skip : skip + 3 * n]
     res = deduplicate({"c": ("corpus", corpus_table(lines))}, {}, DedupConfig(max_removed_fraction=1.0))

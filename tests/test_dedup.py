@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from simcse_ops.config import ConfigError
+from simcse_ops.config import ConfigError, DedupConfig, SourceConfig, parse_params
 from simcse_ops.dedup import (
     CONTAMINATION_EXACT,
     CONTAMINATION_NEAR,
     EXACT_DUPLICATE,
     NEAR_DUPLICATE,
-    DedupConfig,
     NearPairs,
     ShingleSets,
     deduplicate,
@@ -29,6 +30,8 @@ from simcse_ops.dedup import (
     shingles,
     tokens,
 )
+from simcse_ops.readers import FORMATS, load_source
+from simcse_ops.schemas import TEXT_PAIRS
 from tests.hygiene_fixtures import corpus_table, nli_table, real_sentences, sts_table
 
 CFG = DedupConfig()
@@ -155,11 +158,17 @@ def test_greedy_removes_only_items_near_a_kept_item():
     assert matched[2] == 1 and jac[2] == pytest.approx(0.9)
 
 
-def test_config_is_checked():
-    with pytest.raises(ConfigError, match="bands"):
-        DedupConfig(num_perm=128, bands=30)
-    with pytest.raises(ConfigError, match="threshold"):
-        DedupConfig(threshold=1.5)
+@pytest.mark.parametrize("dedup, message", [
+    ({"num_perm": 128, "bands": 30}, r"p\.yaml: dedup\.bands: 30 must divide dedup\.num_perm"),
+    ({"threshold": 1.5}, r"dedup\.threshold: expected in \(0, 1\]"),
+    ({"ngram": 17}, r"dedup\.ngram: expected 1\.\.16"),
+    ({"roles": ["train"]}, r"dedup\.roles\[0\]: 'train' is not a role"),
+    ({"treshold": 0.5}, r"dedup: unknown key\(s\) 'treshold'"),
+])
+def test_config_is_checked_at_load(dedup, message):
+    raw = {"data": {}, "ingest": {}, "sources": {}, "evaluate": {"tasks": {}}, "variants": {}, "dedup": dedup}
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw, "p.yaml")
 
 
 def _evals():
@@ -233,22 +242,28 @@ def test_null_rows_pass_through_and_are_counted(data_root):
     assert res.metrics["sources"]["c"]["null_rows"] == 2
 
 
+def test_triple_with_a_null_sentence_passes_through(data_root):
+    """A triple with one null sentence is kept and not compared (before the phases were split,
+    building its exact-duplicate key raised TypeError)."""
+    s = real_sentences(data_root, 4)
+    triples = [(s[0], s[1], s[2]), (s[0], None, s[2]), (s[0], s[1], s[2])]
+    res = deduplicate({"n": ("nli", nli_table(triples))}, _evals(), CFG)
+    assert res.keep["n"].tolist() == [True, True, False]
+    assert res.metrics["sources"]["n"]["null_rows"] == 1
+    assert res.audit["reason"].tolist() == [EXACT_DUPLICATE] and res.audit["row"].tolist() == [2]
+
+
 # -- domain kinds: pairs and retrieval evaluation sets, text_pairs training sources ----------
 
 
 def _domain_evals(data_root):
-    import pyarrow.compute as pc
-
-    from simcse_ops.config import SourceConfig
-    from simcse_ops.readers import FORMAT_KIND, load_source
-
     pq_paths = ("domain/biomedical/pubmedqa_pqal/ori_pqal*.json",)
     cfgs = {
         "mqp": SourceConfig("mqp_csv", "eval-domain", ("domain/biomedical/mqp/mqp.csv",)),
         "pubmedqa_conclusion": SourceConfig("pubmedqa_retrieval", "eval-domain", pq_paths,
                                             {"target": "conclusion"}),
     }
-    evals = {n: (FORMAT_KIND[c.format], load_source(n, c, data_root).table) for n, c in cfgs.items()}
+    evals = {n: (FORMATS[c.format].kind, load_source(n, c, data_root).table) for n, c in cfgs.items()}
     mqp, ret = evals["mqp"][1], evals["pubmedqa_conclusion"][1]
 
     def first(table, **eq):
@@ -285,10 +300,6 @@ def test_domain_eval_sets_decontaminate_per_set(data_root):
 
 
 def _text_pairs_table(pairs):
-    import pyarrow as pa
-
-    from simcse_ops.schemas import TEXT_PAIRS
-
     return pa.table({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs],
                      "doc": ["d"] * len(pairs), "file": ["x.json"] * len(pairs),
                      "line": list(range(1, len(pairs) + 1))}, schema=TEXT_PAIRS)

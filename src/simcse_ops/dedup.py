@@ -1,5 +1,22 @@
 """Exact and near-duplicate removal, and decontamination against evaluation sets.
 
+What it holds: text normalisation and shingling (`normalize`, `ShingleSets`), vectorised MinHash
+LSH with exact verification (`near_duplicate_pairs`, `greedy_near_duplicates`), `deduplicate`
+(the cleaning of training sources, composed of named phases) and `run_dedup` (the DVC stage's
+work: read data/ingested, write data/clean, the audit and the metrics).
+
+`deduplicate` builds the evaluation sentences (`eval_sentences`) and the training items of each
+kind (`training_items`), then runs the phases, each a function of explicit values:
+
+1. `decontaminate`: items with a sentence equal or near to an evaluation sentence;
+2. `remove_exact_duplicates`: later copies of an item among those still alive;
+3. `remove_near_duplicates`: items near an earlier kept item (MinHash LSH, exact J);
+4. `summarise`: the metrics (rows per source and reason, decontamination per set, LSH stats);
+5. `audit_table`: one row per removed item (`AUDIT_SCHEMA`).
+
+Phases 1-3 return `Removal` records by item; `clean_items` chains them per kind into `Cleaned`.
+Text columns and trainable kinds come from the kind registry, `simcse_ops.schemas.KINDS`.
+
 Definitions (every comparison below works on these):
 
 * **Normalised text**: Unicode NFKC, then `str.casefold`, then every run of whitespace collapsed
@@ -35,11 +52,19 @@ import unicodedata
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from simcse_ops.config import MAX_NGRAM, ConfigError, DedupConfig, Params
+from simcse_ops.errors import DataError
+from simcse_ops.files import atomic_path, write_json
+from simcse_ops.readers import FORMATS
+from simcse_ops.schemas import KINDS, TRAINED_KINDS
 
 # Removal reasons, in the order they are applied.
 CONTAMINATION_EXACT = "contamination_exact"
@@ -48,21 +73,6 @@ EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 REASONS = (CONTAMINATION_EXACT, CONTAMINATION_NEAR, EXACT_DUPLICATE, NEAR_DUPLICATE)
 
-# Text columns per data kind (`simcse_ops.schemas.KINDS`): what dedup compares and what
-# decontamination collects from an evaluation set.
-TEXT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "corpus": ("text",),
-    "nli": ("anchor", "positive", "negative"),
-    "sts": ("sentence1", "sentence2"),
-    "seat": ("text",),
-    "crows_pairs": ("sent_more", "sent_less"),
-    "pairs": ("sentence1", "sentence2"),
-    "retrieval": ("text",),
-    "text_pairs": ("anchor", "positive"),
-}
-
-# Kinds a training source may have.
-TRAIN_KINDS = ("corpus", "nli", "text_pairs")
 # Kinds whose items are near duplicates only when EVERY side is near (J >= threshold per
 # column, the item's J is the smallest): a text pair's positive is often most of an abstract
 # shared by many pairs of that abstract, so shingles merged over the pair would make all of
@@ -70,55 +80,6 @@ TRAIN_KINDS = ("corpus", "nli", "text_pairs")
 PER_SIDE_NEAR_KINDS = ("text_pairs",)
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    """params.yaml `dedup` (typed with `simcse_ops.config.section`)."""
-
-    # Roles whose sources are cleaned and written to data/clean.
-    roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")
-    # Every sentence of every source with one of these roles is an evaluation sentence.
-    eval_roles: tuple[str, ...] = ("eval-sts",)
-    # More evaluation sets by source name (any role and kind), e.g. a domain STS set.
-    extra_eval_sources: tuple[str, ...] = ()
-    # Duplicates across training sources of the same kind (earlier source in params.yaml wins).
-    across_sources: bool = True
-    ngram: int = 2
-    threshold: float = 0.7
-    num_perm: int = 128
-    bands: int = 32
-    # In a band bucket, each item is compared with the bucket's first item and its `bucket_window`
-    # predecessors, which bounds the pairs a huge bucket can produce.
-    bucket_window: int = 16
-    # Candidates whose MinHash estimate of J is below threshold - margin are not verified.
-    prefilter_margin: float = 0.15
-    seed: int = 1234
-    # Fail the stage when a source loses more than this share of its rows (a file ingested
-    # twice, a corpus built from an evaluation set): never clean such data silently.
-    max_removed_fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        from simcse_ops.config import ConfigError
-
-        if not 1 <= self.ngram <= len(_NGRAM_C):
-            raise ConfigError(f"dedup.ngram: expected 1..{len(_NGRAM_C)}, got {self.ngram}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"dedup.threshold: expected in (0, 1], got {self.threshold}")
-        if self.bands < 1 or self.num_perm % self.bands:
-            raise ConfigError(
-                f"dedup.bands: {self.bands} must divide dedup.num_perm ({self.num_perm})"
-            )
-        if self.bucket_window < 1:
-            raise ConfigError(f"dedup.bucket_window: expected >= 1, got {self.bucket_window}")
-        if not 0.0 <= self.max_removed_fraction <= 1.0:
-            raise ConfigError(
-                f"dedup.max_removed_fraction: expected in [0, 1], got {self.max_removed_fraction}"
-            )
-
-    @property
-    def rows(self) -> int:
-        return self.num_perm // self.bands
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +149,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 # Odd multipliers for the positions of an n-gram (position 0 uses the token hash as it is).
-_NGRAM_C = np.random.default_rng(20240607).integers(1, 2**63, size=16, dtype=np.uint64) | np.uint64(1)
+_NGRAM_C = np.random.default_rng(20240607).integers(1, 2**63, size=MAX_NGRAM, dtype=np.uint64) | np.uint64(1)
 
 
 def _token_hashes(unique_tokens: list[str]) -> np.ndarray:
@@ -538,34 +499,124 @@ def greedy_near_duplicates(n: int, pairs: NearPairs, kept: np.ndarray | None = N
 
 
 # --------------------------------------------------------------------------------------------
-# Cleaning training sources
+# Cleaning training sources: what the phases pass along
+
+# The audit (reports/dedup_audit.parquet): one row per removed item, where it is, why it went and
+# what it matched. The one definition of its columns.
+AUDIT_SCHEMA = pa.schema([
+    ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("row", pa.int64()),
+    ("reason", pa.string()), ("field", pa.string()), ("text", pa.string()),
+    ("matched_source", pa.string()), ("matched_file", pa.string()), ("matched_line", pa.int64()),
+    ("matched_field", pa.string()), ("matched_text", pa.string()), ("jaccard", pa.float64()),
+    ("eval_sets", pa.string()),
+])
 
 
 @dataclass
 class DedupResult:
     keep: dict[str, np.ndarray]  # source -> (rows,) bool, the rows written to data/clean
-    audit: pd.DataFrame  # one row per removed item (AUDIT_COLUMNS)
+    audit: pd.DataFrame  # one row per removed item (the columns of AUDIT_SCHEMA)
     metrics: dict
 
 
-AUDIT_COLUMNS = [
-    "source", "file", "line", "row", "reason", "field", "text",
-    "matched_source", "matched_file", "matched_line", "matched_field", "matched_text",
-    "jaccard", "eval_sets",
-]
+@dataclass
+class EvalSentences:
+    """Every non-empty evaluation sentence (`rows`: set, source, file, line, field, text, norm) and
+    its distinct normalised texts: text u is `unique[u]`, first seen in row `first_row[u]`, found
+    in the evaluation sets `sets[u]` (sorted)."""
+
+    rows: pd.DataFrame
+    unique: pd.Index
+    first_row: np.ndarray
+    sets: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.unique)
 
 
-def _eval_sentences(evals: dict[str, tuple[str, pa.Table]]) -> pd.DataFrame:
-    """Long table of every evaluation sentence: set, source, file, line, field, text."""
+@dataclass
+class Items:
+    """The training items of one kind in priority order (sources in params.yaml order, rows in
+    file order). Item k is row `row[k]` of source `sources[source[k]]`; it owns the `width`
+    normalised sentences `norm[k * width:(k + 1) * width]`, one per text column."""
+
+    kind: str
+    sources: list[str]
+    columns: tuple[str, ...]
+    source: np.ndarray  # (n,) int64: index into `sources`
+    row: np.ndarray  # (n,) int64: row in its source's table
+    raw: dict[str, list]  # text column -> the item's text as read
+    files: list[str]
+    lines: list[int]
+    norm: list[str | None]  # (n * width,) normalised sentences, item-major
+    is_null: np.ndarray  # (n,) bool: a sentence is null; never compared as a duplicate, kept
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+@dataclass
+class Removal:
+    """Why one item was removed: its audit row less the item's own location."""
+
+    reason: str  # one of REASONS
+    field: str  # the item's text column that matched
+    text: str
+    matched_source: str
+    matched_file: str
+    matched_line: int
+    matched_field: str
+    matched_text: str
+    jaccard: float
+    eval_sets: set[str]  # the evaluation sets the item matched (contamination only)
+
+
+@dataclass
+class Cleaned:
+    """One kind after the removal phases: the removed items and the LSH search statistics."""
+
+    items: Items
+    removed: dict[int, Removal]  # item -> why it was removed
+    search: dict[str, dict]  # "decontamination/<kind>", "dedup/<kind>" -> NearPairs.stats
+
+    def reasons(self) -> np.ndarray:
+        """(n,) object: each item's removal reason, "" for a kept item."""
+        out = np.full(len(self.items), "", dtype=object)
+        for k, r in self.removed.items():
+            out[k] = r.reason
+        return out
+
+    def keep(self) -> dict[str, np.ndarray]:
+        """Source -> (rows,) bool: the rows that stay."""
+        kept = self.reasons() == ""
+        return {n: kept[self.items.source == si] for si, n in enumerate(self.items.sources)}
+
+
+def _alive(items: Items, removed: dict[int, Removal]) -> np.ndarray:
+    """The items a duplicate search compares: neither removed nor null."""
+    alive = ~items.is_null
+    alive[list(removed)] = False
+    return alive
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: evaluation sentences and training items
+
+
+def eval_sentences(evals: dict[str, tuple[str, pa.Table]]) -> EvalSentences:
+    """The sentences of every evaluation source (the text columns of its kind; only the
+    `eval_record` rows of a long table), normalised; empty ones dropped."""
     frames = []
     for name, (kind, table) in evals.items():
-        cols = TEXT_COLUMNS.get(kind)
-        if cols is None:
+        if kind not in KINDS:
             raise ValueError(f"evaluation source {name!r}: kind {kind!r} has no text columns")
-        if kind == "retrieval":
-            # Only the queries are evaluation text: documents are unlabelled text a transductive
-            # setup may train on, and qrels carry no text.
-            table = table.filter(pc.equal(table.column("record"), "query"))
+        cols, record = KINDS[kind].text_columns, KINDS[kind].eval_record
+        if record is not None:
+            table = table.filter(pc.equal(table.column("record"), record))
         df = table.select([c for c in ("split", "file", "line", *cols) if c in table.column_names]).to_pandas()
         if "split" in df and df["split"].nunique() > 1:
             label = name + "/" + df["split"].astype(str)
@@ -576,231 +627,177 @@ def _eval_sentences(evals: dict[str, tuple[str, pa.Table]]) -> pd.DataFrame:
                 "set": label.to_numpy(), "source": name, "file": df["file"].to_numpy(),
                 "line": df["line"].to_numpy(), "field": c, "text": df[c].to_numpy(dtype=object),
             }))
-    if not frames:
-        return pd.DataFrame(columns=["set", "source", "file", "line", "field", "text"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def deduplicate(
-    train: dict[str, tuple[str, pa.Table]],
-    evals: dict[str, tuple[str, pa.Table]],
-    cfg: DedupConfig,
-) -> DedupResult:
-    """Decontaminate `train` against every sentence of `evals`, then remove exact and near
-    duplicates among the training items of each kind.
-
-    `train` and `evals` map a source name to (kind, table) in priority order. A training item is
-    a row: one sentence for a corpus, the (anchor, positive, negative) triple for NLI; a triple
-    is removed when any of its sentences matches an evaluation sentence. Rows with a null text
-    are not compared (the validate stage rejects them) and are counted as `null_rows`.
-    """
-    # ---- evaluation sentences: distinct normalised texts, their first occurrence, their sets
-    ev = _eval_sentences(evals)
+    ev = (pd.concat(frames, ignore_index=True) if frames
+          else pd.DataFrame(columns=["set", "source", "file", "line", "field", "text"]))
     ev["norm"] = normalize_many(ev["text"].tolist())
     ev = ev[ev["norm"].notna() & (ev["norm"] != "")].reset_index(drop=True)
-    ecode, euniq = pd.factorize(ev["norm"], sort=False)
-    first_of = pd.Series(np.arange(len(ev))).groupby(ecode).min().to_numpy()
-    sets_of = ev.groupby(ecode)["set"].agg(lambda s: sorted(set(s))).tolist()
-    n_eval = len(euniq)
-    eval_index = pd.Index(euniq)
+    code, unique = pd.factorize(ev["norm"], sort=False)
+    first_row = pd.Series(np.arange(len(ev))).groupby(code).min().to_numpy()
+    sets = ev.groupby(code)["set"].agg(lambda s: sorted(set(s))).tolist()
+    return EvalSentences(ev, pd.Index(unique), first_row, sets)
 
-    # ---- training sentences, item-major: item k of source s owns `width` consecutive sentences
-    names = list(train)
-    audit_rows: list[dict] = []
-    per_source: dict[str, dict] = {}
-    keep: dict[str, np.ndarray] = {}
-    decon_by_source: dict[str, dict] = {}
-    decon_by_set: dict[str, int] = {}
-    decon_by_source_set: dict[str, dict[str, int]] = {}
-    search_stats: dict[str, dict] = {}
 
-    kinds = []
-    for name in names:
-        kind, _ = train[name]
-        if kind not in TRAIN_KINDS:
-            raise ValueError(f"training source {name!r}: dedup handles {', '.join(TRAIN_KINDS)}, not {kind!r}")
+def training_items(train: dict[str, tuple[str, pa.Table]]) -> list[Items]:
+    """The training items of each kind, kinds in the order of their first source."""
+    kinds: list[str] = []
+    for name, (kind, _) in train.items():
+        if kind not in TRAINED_KINDS:
+            raise ValueError(
+                f"training source {name!r}: dedup handles {', '.join(TRAINED_KINDS)}, not {kind!r}")
         if kind not in kinds:
             kinds.append(kind)
+    return [_items_of_kind(kind, train) for kind in kinds]
 
-    for kind in kinds:
-        srcs = [n for n in names if train[n][0] == kind]
-        cols = TEXT_COLUMNS[kind]
-        width = len(cols)
-        tables = {n: train[n][1] for n in srcs}
-        counts = [tables[n].num_rows for n in srcs]
-        n_items = int(sum(counts))
-        src_of = np.repeat(np.arange(len(srcs)), counts)
-        row_of = np.concatenate([np.arange(c) for c in counts]) if counts else np.zeros(0, np.int64)
-        raw = {c: [] for c in cols}
-        files, lines = [], []
-        for n in srcs:
-            t = tables[n]
-            for c in cols:
-                raw[c].extend(t.column(c).to_pylist())
-            files.extend(t.column("file").to_pylist())
-            lines.extend(t.column("line").to_pylist())
-        # (n_items, width) normalised texts, flattened item-major.
-        norm_cols = [normalize_many(raw[c]) for c in cols]
-        sent_norm = [norm_cols[f][k] for k in range(n_items) for f in range(width)] if width > 1 else norm_cols[0]
-        sent_arr = np.array(sent_norm, dtype=object)
-        is_null = np.array([x is None for x in sent_norm], dtype=bool).reshape(n_items, width).any(axis=1) if n_items else np.zeros(0, bool)
 
-        removed = np.zeros(n_items, dtype=bool)
-        reason = np.full(n_items, "", dtype=object)
-        rec: dict[int, dict] = {}
+def _items_of_kind(kind: str, train: dict[str, tuple[str, pa.Table]]) -> Items:
+    srcs = [n for n, (k, _) in train.items() if k == kind]
+    cols = KINDS[kind].text_columns
+    width = len(cols)
+    counts = [train[n][1].num_rows for n in srcs]
+    n_items = int(sum(counts))
+    raw: dict[str, list] = {c: [] for c in cols}
+    files, lines = [], []
+    for n in srcs:
+        t = train[n][1]
+        for c in cols:
+            raw[c].extend(t.column(c).to_pylist())
+        files.extend(t.column("file").to_pylist())
+        lines.extend(t.column("line").to_pylist())
+    norm_cols = [normalize_many(raw[c]) for c in cols]
+    norm = [norm_cols[f][k] for k in range(n_items) for f in range(width)] if width > 1 else norm_cols[0]
+    is_null = (np.array([x is None for x in norm], dtype=bool).reshape(n_items, width).any(axis=1)
+               if n_items else np.zeros(0, bool))
+    return Items(
+        kind=kind, sources=srcs, columns=cols,
+        source=np.repeat(np.arange(len(srcs)), counts),
+        row=np.concatenate([np.arange(c) for c in counts]) if counts else np.zeros(0, np.int64),
+        raw=raw, files=files, lines=lines, norm=norm, is_null=is_null,
+    )
 
-        # ---- 1. decontamination, exact: a sentence equal to an evaluation sentence
-        sent_item = np.repeat(np.arange(n_items), width)
-        sent_field = np.tile(np.arange(width), n_items)
-        usable = np.array([x is not None and x != "" for x in sent_norm], dtype=bool)
-        hit = np.full(len(sent_norm), -1, dtype=np.int64)
-        if n_eval and usable.any():
-            hit[usable] = eval_index.get_indexer(sent_arr[usable])
-        # ---- 2. decontamination, near: distinct remaining sentences against evaluation ones
-        near_hit = np.full(len(sent_norm), -1, dtype=np.int64)
-        near_jac = np.zeros(len(sent_norm))
-        near_sets: dict[int, set] = {}
-        ucode_of = np.full(len(sent_norm), -1, dtype=np.int64)
-        cand = usable & (hit < 0)
-        if n_eval and cand.any():
-            scode, suniq = pd.factorize(sent_arr[cand], sort=False)
-            universe = list(euniq) + list(suniq)
-            sets = ShingleSets.from_normalized(universe, cfg.ngram)
-            pairs = near_duplicate_pairs(
-                sets, cfg, keep_pair=lambda i, j: (i < n_eval) & (j >= n_eval)
-            )
-            search_stats[f"decontamination/{kind}"] = pairs.stats
-            if len(pairs.i):
-                dfp = pd.DataFrame({"e": pairs.i, "u": pairs.j - n_eval, "jac": pairs.jaccard})
-                dfp = dfp.sort_values(["u", "jac", "e"], ascending=[True, False, True])
-                best = dfp.drop_duplicates("u")
-                best_e = np.full(len(suniq), -1, dtype=np.int64)
-                best_j = np.zeros(len(suniq))
-                best_e[best["u"].to_numpy()] = best["e"].to_numpy()
-                best_j[best["u"].to_numpy()] = best["jac"].to_numpy()
-                for u, grp in dfp.groupby("u")["e"]:
-                    near_sets[int(u)] = set().union(*(sets_of[e] for e in grp))
-                idx_c = np.flatnonzero(cand)
-                near_hit[idx_c] = best_e[scode]
-                near_jac[idx_c] = best_j[scode]
-                ucode_of[idx_c] = scode
 
-        # An item is contaminated by its best match: exact before near, then the highest J.
-        for s in np.flatnonzero((hit >= 0) | (near_hit >= 0)):
-            k = int(sent_item[s])
-            exact = bool(hit[s] >= 0)
-            e = int(hit[s] if exact else near_hit[s])
-            esets = set(sets_of[e]) if exact else set(near_sets.get(int(ucode_of[s]), ()))
-            jac_s = 1.0 if exact else float(near_jac[s])
-            cur = rec.get(k)
-            if cur is not None:
-                cur["eval_sets"] |= esets
-                cur_exact = reason[k] == CONTAMINATION_EXACT
-                if cur_exact or (not exact and jac_s <= cur["jaccard"]):
-                    continue
-                esets |= cur["eval_sets"]
-            removed[k] = True
-            reason[k] = CONTAMINATION_EXACT if exact else CONTAMINATION_NEAR
-            f = cols[int(sent_field[s])]
-            er = ev.iloc[int(first_of[e])]
-            rec[k] = {
-                "field": f, "text": raw[f][k],
-                "matched_source": er["source"], "matched_file": er["file"],
-                "matched_line": int(er["line"]), "matched_field": er["field"],
-                "matched_text": er["text"], "jaccard": jac_s, "eval_sets": esets,
-            }
+# --------------------------------------------------------------------------------------------
+# Phase 1: decontamination (exact and near) against the evaluation sentences
 
-        # ---- 3. exact duplicates among the remaining items (first occurrence kept)
-        alive = ~removed & ~is_null
-        group = np.zeros(n_items, dtype=np.int64) if cfg.across_sources else src_of
-        item_key = np.array(
-            [("\n".join(sent_norm[k * width:(k + 1) * width])) for k in range(n_items)]
-            if width > 1 else sent_norm, dtype=object,
-        ) if n_items else np.zeros(0, dtype=object)
-        alive_idx = np.flatnonzero(alive)
-        if len(alive_idx):
-            keys = pd.Series(item_key[alive_idx]).astype(str) + "\x00" + pd.Series(group[alive_idx]).astype(str)
-            kcode, _ = pd.factorize(keys, sort=False)
-            first_pos = pd.Series(np.arange(len(kcode))).groupby(kcode).transform("min").to_numpy()
-            dup = first_pos != np.arange(len(kcode))
-            for p in np.flatnonzero(dup):
-                k, m = int(alive_idx[p]), int(alive_idx[first_pos[p]])
-                removed[k] = True
-                reason[k] = EXACT_DUPLICATE
-                rec[k] = _dup_record(k, m, 1.0, srcs, src_of, row_of, files, lines, raw, cols)
-        # ---- 4. near duplicates among the remaining items
-        alive = ~removed & ~is_null
-        if alive.sum() > 1:
-            sets = ShingleSets.from_normalized(
-                [x if x is not None else "" for x in sent_norm], cfg.ngram
-            )
-            keep_pair = None if cfg.across_sources else (lambda i, j: group[i] == group[j])
-            if kind in PER_SIDE_NEAR_KINDS:
-                pairs = _per_side_near_pairs(sets, width, cfg, alive, keep_pair)
-            else:
-                pairs = near_duplicate_pairs(sets.concat_groups(width), cfg, valid=alive, keep_pair=keep_pair)
-            search_stats[f"dedup/{kind}"] = pairs.stats
-            near_rm, matched, jac = greedy_near_duplicates(n_items, pairs, kept=alive)
-            for k in np.flatnonzero(near_rm):
-                m = int(matched[k])
-                removed[k] = True
-                reason[k] = NEAR_DUPLICATE
-                rec[k] = _dup_record(int(k), m, float(jac[k]), srcs, src_of, row_of, files, lines, raw, cols)
 
-        # ---- per-source results
-        for si, n in enumerate(srcs):
-            mine = src_of == si
-            keep[n] = ~removed[mine]
-            r = reason[mine]
-            stats = {"rows_in": int(mine.sum()), "rows_out": int((~removed[mine]).sum()),
-                     "removed": {x: int((r == x).sum()) for x in REASONS},
-                     "null_rows": int(is_null[mine].sum())}
-            stats["removed_total"] = stats["rows_in"] - stats["rows_out"]
-            stats["removed_fraction"] = round(stats["removed_total"] / stats["rows_in"], 6) if stats["rows_in"] else 0.0
-            per_source[n] = stats
-            dsrc = {"exact": stats["removed"][CONTAMINATION_EXACT], "near": stats["removed"][CONTAMINATION_NEAR]}
-            dsrc["total"] = dsrc["exact"] + dsrc["near"]
-            decon_by_source[n] = dsrc
-            decon_by_source_set[n] = {}
-        for k in sorted(rec):
-            n = srcs[int(src_of[k])]
-            rr = rec[k]
-            esets = sorted(rr.get("eval_sets") or ())
-            for es in esets:
-                decon_by_set[es] = decon_by_set.get(es, 0) + 1
-                decon_by_source_set[n][es] = decon_by_source_set[n].get(es, 0) + 1
-            audit_rows.append({
-                "source": n, "file": files[k], "line": int(lines[k]), "row": int(row_of[k]),
-                "reason": reason[k], "field": rr["field"], "text": rr["text"],
-                "matched_source": rr["matched_source"], "matched_file": rr["matched_file"],
-                "matched_line": int(rr["matched_line"]), "matched_field": rr["matched_field"],
-                "matched_text": rr["matched_text"], "jaccard": float(rr["jaccard"]),
-                "eval_sets": ",".join(esets),
-            })
+@dataclass
+class _EvalMatches:
+    """Per training sentence: the distinct evaluation sentence it equals (-1: none), else the
+    nearest one (-1: none), their J, and (by distinct training sentence `code`) the evaluation
+    sets of every near match."""
 
-    audit = pd.DataFrame(audit_rows, columns=AUDIT_COLUMNS)
-    if len(audit):
-        order = {n: i for i, n in enumerate(names)}
-        audit = audit.sort_values(["source", "row"], key=lambda s: s.map(order) if s.name == "source" else s)
-        audit = audit.reset_index(drop=True)
-    totals = {"rows_in": sum(s["rows_in"] for s in per_source.values()),
-              "rows_out": sum(s["rows_out"] for s in per_source.values())}
-    for x in REASONS:
-        totals[x] = sum(s["removed"][x] for s in per_source.values())
-    metrics = {
-        "totals": totals,
-        "sources": {n: per_source[n] for n in names},
-        "decontamination": {
-            "eval_sets": sorted(ev["set"].unique().tolist()),
-            "eval_sentences": int(n_eval),
-            "removed": sum(d["total"] for d in decon_by_source.values()),
-            "by_training_source": {n: decon_by_source[n] for n in names},
-            "by_eval_set": dict(sorted(decon_by_set.items())),
-            "by_training_source_and_eval_set": {n: dict(sorted(decon_by_source_set[n].items())) for n in names},
-        },
-        "search": search_stats,
-    }
-    return DedupResult(keep=keep, audit=audit, metrics=metrics)
+    exact: np.ndarray
+    near: np.ndarray
+    near_jaccard: np.ndarray
+    code: np.ndarray
+    near_sets: dict[int, set[str]]
+
+
+def _eval_matches(items: Items, ev: EvalSentences, cfg: DedupConfig) -> tuple[_EvalMatches, dict | None]:
+    """Exact matches by lookup; near matches of the distinct remaining sentences by MinHash LSH
+    over (evaluation + training) sentences, keeping only evaluation-training pairs."""
+    n, n_eval = len(items.norm), len(ev)
+    m = _EvalMatches(np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n),
+                     np.full(n, -1, np.int64), {})
+    sent = np.array(items.norm, dtype=object)
+    usable = np.array([x is not None and x != "" for x in items.norm], dtype=bool)
+    if n_eval and usable.any():
+        m.exact[usable] = ev.unique.get_indexer(sent[usable])
+    cand = usable & (m.exact < 0)
+    if not (n_eval and cand.any()):
+        return m, None
+    scode, suniq = pd.factorize(sent[cand], sort=False)
+    sets = ShingleSets.from_normalized(list(ev.unique) + list(suniq), cfg.ngram)
+    pairs = near_duplicate_pairs(sets, cfg, keep_pair=lambda i, j: (i < n_eval) & (j >= n_eval))
+    if len(pairs.i):
+        dfp = pd.DataFrame({"e": pairs.i, "u": pairs.j - n_eval, "jac": pairs.jaccard})
+        dfp = dfp.sort_values(["u", "jac", "e"], ascending=[True, False, True])
+        best = dfp.drop_duplicates("u")
+        best_e = np.full(len(suniq), -1, dtype=np.int64)
+        best_j = np.zeros(len(suniq))
+        best_e[best["u"].to_numpy()] = best["e"].to_numpy()
+        best_j[best["u"].to_numpy()] = best["jac"].to_numpy()
+        for u, grp in dfp.groupby("u")["e"]:
+            m.near_sets[int(u)] = set().union(*(ev.sets[e] for e in grp))
+        idx = np.flatnonzero(cand)
+        m.near[idx] = best_e[scode]
+        m.near_jaccard[idx] = best_j[scode]
+        m.code[idx] = scode
+    return m, pairs.stats
+
+
+def decontaminate(items: Items, ev: EvalSentences, cfg: DedupConfig) -> tuple[dict[int, Removal], dict | None]:
+    """Phase 1: the items with a sentence equal or near (J >= threshold) to an evaluation
+    sentence, with the LSH statistics (None when nothing was searched).
+
+    An item is charged to its best match: exact before near, then the highest J; its
+    `eval_sets` gather the sets of every match of every sentence it has."""
+    m, stats = _eval_matches(items, ev, cfg)
+    removed: dict[int, Removal] = {}
+    for s in np.flatnonzero((m.exact >= 0) | (m.near >= 0)):
+        k, f = divmod(int(s), items.width)
+        exact = bool(m.exact[s] >= 0)
+        e = int(m.exact[s] if exact else m.near[s])
+        esets = set(ev.sets[e]) if exact else set(m.near_sets.get(int(m.code[s]), ()))
+        jac = 1.0 if exact else float(m.near_jaccard[s])
+        cur = removed.get(k)
+        if cur is not None:
+            cur.eval_sets |= esets
+            if cur.reason == CONTAMINATION_EXACT or (not exact and jac <= cur.jaccard):
+                continue
+            esets |= cur.eval_sets
+        col = items.columns[f]
+        er = ev.rows.iloc[int(ev.first_row[e])]
+        removed[k] = Removal(
+            CONTAMINATION_EXACT if exact else CONTAMINATION_NEAR, col, items.raw[col][k],
+            er["source"], er["file"], int(er["line"]), er["field"], er["text"], jac, esets,
+        )
+    return removed, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Phases 2 and 3: exact and near duplicates among the training items
+
+
+def _duplicate(items: Items, k: int, m: int, jac: float, reason: str) -> Removal:
+    """Item k removed as a duplicate of the kept item m (the audit shows the first column)."""
+    f = items.columns[0]
+    return Removal(reason, f, items.raw[f][k], items.sources[int(items.source[m])], items.files[m],
+                   int(items.lines[m]), f, items.raw[f][m], jac, set())
+
+
+def remove_exact_duplicates(items: Items, alive: np.ndarray, cfg: DedupConfig) -> dict[int, Removal]:
+    """Phase 2: among the `alive` items, every later item whose normalised sentences all equal an
+    earlier one's (within one source unless `cfg.across_sources`); the first is kept."""
+    idx = np.flatnonzero(alive)
+    if not len(idx):
+        return {}
+    w = items.width
+    texts = [items.norm[k] for k in idx] if w == 1 else ["\n".join(items.norm[k * w:(k + 1) * w]) for k in idx]
+    group = np.zeros(len(items), dtype=np.int64) if cfg.across_sources else items.source
+    keys = pd.Series(texts, dtype=object).astype(str) + "\x00" + pd.Series(group[idx]).astype(str)
+    kcode, _ = pd.factorize(keys, sort=False)
+    first = pd.Series(np.arange(len(kcode))).groupby(kcode).transform("min").to_numpy()
+    return {int(idx[p]): _duplicate(items, int(idx[p]), int(idx[first[p]]), 1.0, EXACT_DUPLICATE)
+            for p in np.flatnonzero(first != np.arange(len(kcode)))}
+
+
+def remove_near_duplicates(items: Items, alive: np.ndarray, cfg: DedupConfig) -> tuple[dict[int, Removal], dict | None]:
+    """Phase 3: among the `alive` items, every item near (J >= threshold) an earlier item still
+    kept (greedy, best match first), with the LSH statistics (None when nothing was searched).
+    An item's shingles are those of all its sentences, except for PER_SIDE_NEAR_KINDS."""
+    if alive.sum() <= 1:
+        return {}, None
+    sets = ShingleSets.from_normalized([x if x is not None else "" for x in items.norm], cfg.ngram)
+    group = items.source
+    keep_pair = None if cfg.across_sources else (lambda i, j: group[i] == group[j])
+    if items.kind in PER_SIDE_NEAR_KINDS:
+        pairs = _per_side_near_pairs(sets, items.width, cfg, alive, keep_pair)
+    else:
+        pairs = near_duplicate_pairs(sets.concat_groups(items.width), cfg, valid=alive, keep_pair=keep_pair)
+    near, matched, jac = greedy_near_duplicates(len(items), pairs, kept=alive)
+    removed = {int(k): _duplicate(items, int(k), int(matched[k]), float(jac[k]), NEAR_DUPLICATE)
+               for k in np.flatnonzero(near)}
+    return removed, pairs.stats
 
 
 def _per_side_near_pairs(sets: ShingleSets, width: int, cfg: DedupConfig, alive: np.ndarray,
@@ -817,26 +814,118 @@ def _per_side_near_pairs(sets: ShingleSets, width: int, cfg: DedupConfig, alive:
     return NearPairs(pairs.i[m], pairs.j[m], jac[m], {**pairs.stats, "near_pairs": int(m.sum())})
 
 
-def _dup_record(k, m, jac, srcs, src_of, row_of, files, lines, raw, cols) -> dict:
-    """Audit fields for item k removed as a duplicate of item m (same kind)."""
-    f = cols[0]
+def clean_items(items: Items, ev: EvalSentences, cfg: DedupConfig) -> Cleaned:
+    """Phases 1-3 on one kind's items: each phase sees only the items the earlier ones kept."""
+    contaminated, decon_stats = decontaminate(items, ev, cfg)
+    removed = {**contaminated, **remove_exact_duplicates(items, _alive(items, contaminated), cfg)}
+    near, near_stats = remove_near_duplicates(items, _alive(items, removed), cfg)
+    search = {f"decontamination/{items.kind}": decon_stats, f"dedup/{items.kind}": near_stats}
+    return Cleaned(items, {**removed, **near}, {k: v for k, v in search.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
+# Phases 4 and 5: the metrics and the audit table
+
+
+def _source_stats(reasons: np.ndarray, is_null: np.ndarray) -> dict:
+    """Counts of one source (its items' reasons, "" for kept)."""
+    stats = {"rows_in": len(reasons), "rows_out": int((reasons == "").sum()),
+             "removed": {x: int((reasons == x).sum()) for x in REASONS},
+             "null_rows": int(is_null.sum())}
+    stats["removed_total"] = stats["rows_in"] - stats["rows_out"]
+    stats["removed_fraction"] = round(stats["removed_total"] / stats["rows_in"], 6) if stats["rows_in"] else 0.0
+    return stats
+
+
+def summarise(cleaned: list[Cleaned], names: list[str], ev: EvalSentences) -> dict:
+    """Phase 4: metrics/dedup.json (less `config`): rows per source and reason, decontamination
+    by training source and evaluation set, LSH statistics per search."""
+    per_source: dict[str, dict] = {}
+    by_set: dict[str, int] = {}
+    by_source_set: dict[str, dict[str, int]] = {}
+    for c in cleaned:
+        reasons = c.reasons()
+        for si, n in enumerate(c.items.sources):
+            mine = c.items.source == si
+            per_source[n] = _source_stats(reasons[mine], c.items.is_null[mine])
+            by_source_set[n] = {}
+        for k, r in c.removed.items():
+            n = c.items.sources[int(c.items.source[k])]
+            for es in r.eval_sets:
+                by_set[es] = by_set.get(es, 0) + 1
+                by_source_set[n][es] = by_source_set[n].get(es, 0) + 1
+    by_source = {}
+    for n in names:
+        exact, near = (per_source[n]["removed"][x] for x in (CONTAMINATION_EXACT, CONTAMINATION_NEAR))
+        by_source[n] = {"exact": exact, "near": near, "total": exact + near}
+    totals = {"rows_in": sum(s["rows_in"] for s in per_source.values()),
+              "rows_out": sum(s["rows_out"] for s in per_source.values())}
+    totals.update({x: sum(s["removed"][x] for s in per_source.values()) for x in REASONS})
     return {
-        "field": f, "text": raw[f][k],
-        "matched_source": srcs[int(src_of[m])], "matched_file": files[m],
-        "matched_line": int(lines[m]), "matched_field": f, "matched_text": raw[f][m],
-        "jaccard": jac, "eval_sets": set(),
+        "totals": totals,
+        "sources": {n: per_source[n] for n in names},
+        "decontamination": {
+            "eval_sets": sorted(ev.rows["set"].unique().tolist()),
+            "eval_sentences": int(len(ev)),
+            "removed": sum(d["total"] for d in by_source.values()),
+            "by_training_source": by_source,
+            "by_eval_set": dict(sorted(by_set.items())),
+            "by_training_source_and_eval_set": {n: dict(sorted(by_source_set[n].items())) for n in names},
+        },
+        "search": {k: v for c in cleaned for k, v in c.search.items()},
     }
+
+
+def audit_table(cleaned: list[Cleaned], names: list[str]) -> pd.DataFrame:
+    """Phase 5: one row per removed item (AUDIT_SCHEMA), by source (params.yaml order) and row."""
+    rows = []
+    for c in cleaned:
+        it = c.items
+        for k in sorted(c.removed):
+            r = c.removed[k]
+            rows.append({
+                "source": it.sources[int(it.source[k])], "file": it.files[k], "line": int(it.lines[k]),
+                "row": int(it.row[k]), "reason": r.reason, "field": r.field, "text": r.text,
+                "matched_source": r.matched_source, "matched_file": r.matched_file,
+                "matched_line": int(r.matched_line), "matched_field": r.matched_field,
+                "matched_text": r.matched_text, "jaccard": float(r.jaccard),
+                "eval_sets": ",".join(sorted(r.eval_sets)),
+            })
+    audit = pd.DataFrame(rows, columns=AUDIT_SCHEMA.names)
+    if len(audit):
+        order = {n: i for i, n in enumerate(names)}
+        audit = audit.sort_values(["source", "row"], key=lambda s: s.map(order) if s.name == "source" else s)
+        audit = audit.reset_index(drop=True)
+    return audit
+
+
+def deduplicate(
+    train: dict[str, tuple[str, pa.Table]],
+    evals: dict[str, tuple[str, pa.Table]],
+    cfg: DedupConfig,
+) -> DedupResult:
+    """Decontaminate `train` against every sentence of `evals`, then remove exact and near
+    duplicates among the training items of each kind.
+
+    `train` and `evals` map a source name to (kind, table) in priority order. A training item is
+    a row: one sentence for a corpus, the (anchor, positive, negative) triple for NLI; a triple
+    is removed when any of its sentences matches an evaluation sentence. Rows with a null text
+    are not compared (the validate stage rejects them) and are counted as `null_rows`.
+    """
+    ev = eval_sentences(evals)
+    cleaned = [clean_items(items, ev, cfg) for items in training_items(train)]
+    keep = {n: mask for c in cleaned for n, mask in c.keep().items()}
+    return DedupResult(keep=keep, audit=audit_table(cleaned, list(train)),
+                       metrics=summarise(cleaned, list(train), ev))
 
 
 # --------------------------------------------------------------------------------------------
 # The stage's work: read data/ingested, write data/clean, the audit and the metrics
 
 
-def plan_sources(params, cfg: DedupConfig) -> tuple[list[str], list[str]]:
+def plan_sources(params: Params, cfg: DedupConfig) -> tuple[list[str], list[str]]:
     """(training sources to clean, evaluation sources to decontaminate against), in
     params.yaml order."""
-    from simcse_ops.config import ConfigError
-
     train = [n for n, s in params.sources.items() if s.role in cfg.roles]
     evals = [n for n, s in params.sources.items() if s.role in cfg.eval_roles]
     for n in cfg.extra_eval_sources:
@@ -852,42 +941,16 @@ def plan_sources(params, cfg: DedupConfig) -> tuple[list[str], list[str]]:
     return train, evals
 
 
-def run_dedup(params, data_dir, out_dir, metrics_path, audit_path) -> dict:
-    """Clean every training source of `data_dir` into `out_dir/<source>.parquet` (same schema).
+def _read_ingested(params: Params, data_dir: Path, name: str) -> tuple[str, pa.Table]:
+    """(kind, table) of source `name` in `data_dir`."""
+    path = data_dir / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+    return FORMATS[params.sources[name].format].kind, pq.read_table(path)
 
-    Writes the audit Parquet and the metrics JSON first, then fails (DataError) when a source
-    lost more than `dedup.max_removed_fraction` of its rows, before any clean file is written.
-    """
-    from pathlib import Path
 
-    import pyarrow.parquet as pq
-
-    from simcse_ops.config import section
-    from simcse_ops.files import DataError, atomic_path, write_json
-    from simcse_ops.readers import FORMAT_KIND
-
-    cfg = section(params, "dedup", DedupConfig)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    train_names, eval_names = plan_sources(params, cfg)
-
-    def read(name: str) -> tuple[str, pa.Table]:
-        path = data_dir / f"{name}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
-        return FORMAT_KIND[params.sources[name].format], pq.read_table(path)
-
-    train = {n: read(n) for n in train_names}
-    evals = {n: read(n) for n in eval_names}
-    result = deduplicate(train, evals, cfg)
-    metrics = result.metrics
-    metrics["config"] = {"ngram": cfg.ngram, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
-                         "bands": cfg.bands, "rows": cfg.rows}
-
-    with atomic_path(audit_path, suffix=".parquet") as tmp:
-        table = pa.Table.from_pandas(result.audit, schema=AUDIT_SCHEMA, preserve_index=False)
-        pq.write_table(table, tmp)
-    write_json(metrics_path, metrics)
-
+def _check_removed_fraction(metrics: dict, cfg: DedupConfig, data_dir: Path, audit_path) -> None:
+    """DataError for the first source that lost more than `cfg.max_removed_fraction` of its rows."""
     too_many = {n: s for n, s in metrics["sources"].items()
                 if s["rows_in"] and s["removed_fraction"] > cfg.max_removed_fraction}
     if too_many:
@@ -903,18 +966,32 @@ def run_dedup(params, data_dir, out_dir, metrics_path, audit_path) -> dict:
             "dedup.max_removed_fraction if this much duplication is expected",
         )
 
+
+def run_dedup(params: Params, data_dir, out_dir, metrics_path, audit_path) -> dict:
+    """Clean every training source of `data_dir` into `out_dir/<source>.parquet` (same schema).
+
+    Writes the audit Parquet and the metrics JSON first, then fails (DataError) when a source
+    lost more than `dedup.max_removed_fraction` of its rows, before any clean file is written.
+    """
+    cfg = params.dedup
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    train_names, eval_names = plan_sources(params, cfg)
+    train = {n: _read_ingested(params, data_dir, n) for n in train_names}
+    evals = {n: _read_ingested(params, data_dir, n) for n in eval_names}
+    result = deduplicate(train, evals, cfg)
+    metrics = result.metrics
+    metrics["config"] = {"ngram": cfg.ngram, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
+                         "bands": cfg.bands, "rows": cfg.rows}
+
+    with atomic_path(audit_path, suffix=".parquet") as tmp:
+        table = pa.Table.from_pandas(result.audit, schema=AUDIT_SCHEMA, preserve_index=False)
+        pq.write_table(table, tmp)
+    write_json(metrics_path, metrics)
+    _check_removed_fraction(metrics, cfg, data_dir, audit_path)
+
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for n, (kind, table) in train.items():
             mask = pa.array(result.keep[n])
             pq.write_table(table.filter(mask), tmp / f"{n}.parquet")
     return metrics
-
-
-AUDIT_SCHEMA = pa.schema([
-    ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("row", pa.int64()),
-    ("reason", pa.string()), ("field", pa.string()), ("text", pa.string()),
-    ("matched_source", pa.string()), ("matched_file", pa.string()), ("matched_line", pa.int64()),
-    ("matched_field", pa.string()), ("matched_text", pa.string()), ("jaccard", pa.float64()),
-    ("eval_sets", pa.string()),
-])

@@ -14,7 +14,8 @@ import pandas as pd
 from simcse_ops import domain
 from simcse_ops.config import ConfigError, Params, StsTaskConfig
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
-from simcse_ops.readers import FORMAT_KIND
+from simcse_ops.model import _base_st_info
+from simcse_ops.readers import FORMATS
 from simcse_ops.stats import paired_bootstrap
 from simcse_ops.sts import DevScorer, EmbedFn, evaluate_sts, sts_dev_scorer
 
@@ -90,7 +91,7 @@ def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str
     path = Path(data_dir) / f"{task.source}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
-    kind = FORMAT_KIND[params.sources[task.source].format]
+    kind = FORMATS[params.sources[task.source].format].kind
     df = pd.read_parquet(path)
     where = f"{params.path}: evaluate.domain_tasks.{name}"
     if kind == "pairs":
@@ -204,8 +205,6 @@ def dev_scorer_for(params: Params, variant: str, eval_data_dir: Path | str) -> D
     chunker = None
     if params.evaluate.long_documents == "max_chunk" and data.kind == "retrieval":
         from transformers import AutoTokenizer  # heavy; only when chunking is configured
-
-        from simcse_ops.model import _base_st_info
 
         tok = AutoTokenizer.from_pretrained(resolve_model(v.base_model))
         chunker = domain.make_chunker(tok, _base_st_info(v.base_model)[0])

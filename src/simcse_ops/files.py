@@ -1,4 +1,4 @@
-"""File helpers shared by every stage: actionable data errors and atomic writes.
+"""File helpers shared by every stage: atomic writes and strict JSON reads (errors.DataError).
 
 Every output is written to a temporary file in the destination folder and moved into place with
 `os.replace`, so a stage that fails half-way leaves either the previous file or nothing, never a
@@ -16,27 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-class DataError(ValueError):
-    """Bad input data. The message names the file, the line, what was found and what was expected."""
-
-    def __init__(
-        self,
-        path: Path | str,
-        line: int | None,
-        found: str,
-        expected: str,
-        fix: str | None = None,
-    ) -> None:
-        self.path = str(path)
-        self.line = line
-        self.found = found
-        self.expected = expected
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        msg = f"{where}: found {found}; expected {expected}"
-        if fix:
-            msg += f". Fix: {fix}"
-        super().__init__(msg)
+from simcse_ops.errors import DataError
 
 
 @contextlib.contextmanager

@@ -1,10 +1,17 @@
-"""The normalised Parquet schemas that ingest writes and every later stage reads.
+"""The data kinds: the normalised Parquet schemas that ingest writes and every later stage reads,
+and the one registry of what each kind is.
 
-One schema per data *kind*; each source's format maps to exactly one kind. `line` is the 1-based
-line (or record) number in `file`, kept for error messages and the dedup audit trail.
+`KINDS[name]` is a `Kind`: its Arrow schema, its text columns (what dedup compares and collects as
+evaluation text, what validate checks, what training encodes), the training method that trains on
+it (None: evaluation data only) and, for a long table, the record whose text is evaluation text.
+`TRAINED_KINDS` and `TRAINING_COLUMNS` are derived from it. Each source's format maps to exactly
+one kind (`simcse_ops.readers.FORMATS`). `line` is the 1-based line (or record) number in `file`,
+kept for error messages and the dedup audit trail.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -116,13 +123,47 @@ TEXT_PAIRS = pa.schema(
     ]
 )
 
-KINDS: dict[str, pa.Schema] = {
-    "sts": STS,
-    "corpus": CORPUS,
-    "nli": NLI,
-    "seat": SEAT,
-    "crows_pairs": CROWS_PAIRS,
-    "pairs": PAIRS,
-    "retrieval": RETRIEVAL,
-    "text_pairs": TEXT_PAIRS,
-}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One data kind: the schema of its tables and what the pipeline does with its rows."""
+
+    name: str
+    schema: pa.Schema
+    # The sentences of a row, in order: dedup compares them (a row is one item) and collects them
+    # as evaluation text, validate checks them, training encodes them.
+    text_columns: tuple[str, ...]
+    # The training method (`variants.<name>.method`) whose data has this kind; None: the kind is
+    # never trained on (evaluation data), so dedup never cleans it.
+    method: str | None = None
+    # For a long table (a `record` column): the record whose text is evaluation text. Retrieval:
+    # the queries; documents are unlabelled text a transductive setup may train on, qrels carry no
+    # text. None: every row.
+    eval_record: str | None = None
+
+    def __post_init__(self) -> None:
+        for c in (*self.text_columns, *(("record",) if self.eval_record else ())):
+            if self.schema.get_field_index(c) < 0 or not pa.types.is_string(self.schema.field(c).type):
+                raise ValueError(f"kind {self.name!r}: {c!r} is not a string column of its schema")
+
+    @property
+    def trained(self) -> bool:
+        return self.method is not None
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("sts", STS, ("sentence1", "sentence2")),
+    Kind("corpus", CORPUS, ("text",), method="unsup"),
+    Kind("nli", NLI, ("anchor", "positive", "negative"), method="sup"),
+    Kind("seat", SEAT, ("text",)),
+    Kind("crows_pairs", CROWS_PAIRS, ("sent_more", "sent_less")),
+    Kind("pairs", PAIRS, ("sentence1", "sentence2")),
+    Kind("retrieval", RETRIEVAL, ("text",), eval_record="query"),
+    Kind("text_pairs", TEXT_PAIRS, ("anchor", "positive"), method="pairs"),
+)}
+
+# The kinds training reads (what dedup cleans), in KINDS order.
+TRAINED_KINDS: tuple[str, ...] = tuple(n for n, k in KINDS.items() if k.trained)
+# Training method -> the text columns of its rows (one kind per method).
+TRAINING_COLUMNS: dict[str, tuple[str, ...]] = {k.method: k.text_columns for k in KINDS.values() if k.method}

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simcse_ops.readers import FORMAT_KIND, read_source
+from simcse_ops.readers import FORMATS, read_source
 from simcse_ops.schemas import STS
 
 
@@ -84,7 +84,7 @@ def test_sick_full_semeval_set_column(real_source):
 
 def test_read_source_returns_the_kind_schema(params, data_root):
     table = read_source("sts13", params.sources["sts13"], data_root)
-    assert FORMAT_KIND["semeval_sts"] == "sts"
+    assert FORMATS["semeval_sts"].kind == "sts"
     assert table.schema.equals(STS)
     first = table.slice(0, 1).to_pylist()[0]
     assert first["file"] == "sts/STS13/STS.input.FNWN.txt" and first["line"] == 1

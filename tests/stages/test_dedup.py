@@ -9,7 +9,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from simcse_ops.files import DataError
+from simcse_ops.dedup import deduplicate, normalize_many, plan_sources
+from simcse_ops.errors import DataError
+from simcse_ops.readers import FORMATS, load_source
 from simcse_ops.schemas import CORPUS, NLI
 from stages import dedup as stage
 from tests.hygiene_fixtures import corpus_table, nli_table, real_sentences, sts_table, write_project
@@ -89,17 +91,13 @@ def test_missing_ingested_source_names_the_file(tmp_path, data_root):
 @pytest.mark.slow
 def test_real_data_decontamination(tmp_path, params, data_root):
     """The real published files: SNLI shares Flickr captions with SICK and STS-B; expect hits."""
-    from simcse_ops.config import section
-    from simcse_ops.dedup import DedupConfig, deduplicate, normalize_many, plan_sources
-    from simcse_ops.readers import FORMAT_KIND, load_source
-
-    cfg = section(params, "dedup", DedupConfig)
+    cfg = params.dedup
     train_names, eval_names = plan_sources(params, cfg)
     assert {"sts12", "sts16", "stsb", "sick", "sick_full"} <= set(eval_names)
     wanted = ["snli", "nli_for_simcse", "wiki1m"]
 
     def load(n):
-        return FORMAT_KIND[params.sources[n].format], load_source(n, params.sources[n], data_root).table
+        return FORMATS[params.sources[n].format].kind, load_source(n, params.sources[n], data_root).table
 
     evals = {n: load(n) for n in eval_names}
     res = deduplicate({n: load(n) for n in wanted}, evals, cfg)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from simcse_ops.config import ConfigError
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 from simcse_ops.schemas import CORPUS, STS
 from stages.ingest import main
 

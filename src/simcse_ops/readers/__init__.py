@@ -1,8 +1,10 @@
-"""One reader per published data format, and `read_source` that turns a `params.yaml` source into
-a normalised Arrow table.
+"""The registry of published data formats, and `read_source` that turns a `params.yaml` source
+into a normalised Arrow table.
 
-    READERS[format]      -> reader(files, ctx, **options) yielding rows
-    FORMAT_KIND[format]  -> key of `simcse_ops.schemas.KINDS` (the table's schema)
+    FORMATS[format]      -> Format(reader, kind, folders): the reader(files, ctx, **options)
+                            yielding rows, and the key of `simcse_ops.schemas.KINDS` whose schema
+                            the rows make
+    load_source(name, source_config, data_root) -> SourceResult (table, kind, counts for ingest)
     read_source(name, source_config, data_root) -> pyarrow.Table
 
 Every row carries `file` (relative to the data root) and `line` (1-based) so any later stage can
@@ -17,6 +19,7 @@ import inspect
 import types
 import typing
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simcse_ops.config import ConfigError, SourceConfig
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 from simcse_ops.readers.base import ReadContext
 from simcse_ops.readers.bias import read_crows_pairs_csv, read_seat_json
 from simcse_ops.readers.corpus import read_lines, read_pubmedqa_json, read_wikiextractor
@@ -39,48 +42,40 @@ from simcse_ops.readers.nli import read_nli_csv, read_snli_jsonl
 from simcse_ops.readers.sts import read_semeval_sts, read_sick_full, read_sick_semeval, read_stsb_csv
 from simcse_ops.schemas import KINDS
 
-READERS = {
-    "semeval_sts": read_semeval_sts,
-    "stsb_csv": read_stsb_csv,
-    "sick_semeval": read_sick_semeval,
-    "sick_full": read_sick_full,
-    "lines": read_lines,
-    "wikiextractor": read_wikiextractor,
-    "pubmedqa_json": read_pubmedqa_json,
-    "snli_jsonl": read_snli_jsonl,
-    "nli_csv": read_nli_csv,
-    "seat_json": read_seat_json,
-    "crows_pairs_csv": read_crows_pairs_csv,
-    "mqp_csv": read_mqp_csv,
-    "pairs_labelled": read_pairs_labelled,
-    "beir": read_beir,
-    "pubmedqa_retrieval": read_pubmedqa_retrieval,
-    "pubmedqa_pairs": read_pubmedqa_pairs,
+
+@dataclass(frozen=True)
+class Format:
+    """A published data format: the reader that yields its rows and the kind they make."""
+
+    reader: Callable[..., Iterable[dict]]  # reader(files, ctx, **sources.<name>.options)
+    kind: str  # key of simcse_ops.schemas.KINDS: the schema of the table
+    folders: bool = False  # `paths` may name folders as well as files (a BEIR dataset is a folder)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.reader.__name__}: unknown kind {self.kind!r}")
+
+
+FORMATS: dict[str, Format] = {
+    "semeval_sts": Format(read_semeval_sts, "sts"),
+    "stsb_csv": Format(read_stsb_csv, "sts"),
+    "sick_semeval": Format(read_sick_semeval, "sts"),
+    "sick_full": Format(read_sick_full, "sts"),
+    "lines": Format(read_lines, "corpus"),
+    "wikiextractor": Format(read_wikiextractor, "corpus"),
+    "pubmedqa_json": Format(read_pubmedqa_json, "corpus"),
+    "snli_jsonl": Format(read_snli_jsonl, "nli"),
+    "nli_csv": Format(read_nli_csv, "nli"),
+    "seat_json": Format(read_seat_json, "seat"),
+    "crows_pairs_csv": Format(read_crows_pairs_csv, "crows_pairs"),
+    "mqp_csv": Format(read_mqp_csv, "pairs"),
+    "pairs_labelled": Format(read_pairs_labelled, "pairs"),
+    "beir": Format(read_beir, "retrieval", folders=True),
+    "pubmedqa_retrieval": Format(read_pubmedqa_retrieval, "retrieval"),
+    "pubmedqa_pairs": Format(read_pubmedqa_pairs, "text_pairs"),
 }
 
-# Readers whose `paths` may name folders as well as files (a BEIR dataset is a folder).
-READS_FOLDERS = frozenset({"beir"})
-
-FORMAT_KIND = {
-    "semeval_sts": "sts",
-    "stsb_csv": "sts",
-    "sick_semeval": "sts",
-    "sick_full": "sts",
-    "lines": "corpus",
-    "wikiextractor": "corpus",
-    "pubmedqa_json": "corpus",
-    "snli_jsonl": "nli",
-    "nli_csv": "nli",
-    "seat_json": "seat",
-    "crows_pairs_csv": "crows_pairs",
-    "mqp_csv": "pairs",
-    "pairs_labelled": "pairs",
-    "beir": "retrieval",
-    "pubmedqa_retrieval": "retrieval",
-    "pubmedqa_pairs": "text_pairs",
-}
-
-__all__ = ["FORMAT_KIND", "READERS", "SourceResult", "expand_paths", "load_source", "read_source"]
+__all__ = ["FORMATS", "Format", "SourceResult", "expand_paths", "load_source", "read_source"]
 
 
 @dataclass
@@ -128,7 +123,7 @@ def expand_paths(name: str, source: SourceConfig, data_root: Path, folders: bool
 
     Each pattern's matches are sorted; patterns keep their listed order; a file matched twice is
     read once. A pattern that matches nothing is an error naming the params key. Folders match
-    only when `folders` is true (formats in READS_FOLDERS).
+    only when `folders` is true (a `Format` with `folders=True`).
     """
     files: list[Path] = []
     seen: set[Path] = set()
@@ -210,17 +205,18 @@ def load_source(
     > 0: then they are skipped and counted, and the source fails only if skipped / (kept +
     skipped) exceeds the fraction.
     """
-    if source.format not in READERS:
+    fmt = FORMATS.get(source.format)
+    if fmt is None:
         raise ConfigError(
             f"sources.{name}.format: unknown format {source.format!r}; "
-            f"known: {', '.join(sorted(READERS))}"
+            f"known: {', '.join(sorted(FORMATS))}"
         )
-    reader = READERS[source.format]
+    reader = fmt.reader
     _check_options(name, source, reader)
     data_root = Path(data_root)
-    files = expand_paths(name, source, data_root, folders=source.format in READS_FOLDERS)
-    kind = FORMAT_KIND[source.format]
-    schema = KINDS[kind]
+    files = expand_paths(name, source, data_root, folders=fmt.folders)
+    kind = fmt.kind
+    schema = KINDS[kind].schema
     ctx = ReadContext(source=name, data_root=data_root, max_bad_fraction=max_bad_fraction)
     rows = list(reader(files, ctx, **source.options))
     if not rows:

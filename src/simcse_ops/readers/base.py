@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import ConfigError, DataError
 
 # How many skipped records a report keeps verbatim (the count is always exact).
 MAX_KEPT_ERRORS = 20
@@ -170,8 +170,6 @@ def seeded_fraction(key: str, seed: int) -> float:
 
 
 def check_fraction(value: float, ctx: ReadContext, option: str) -> None:
-    from simcse_ops.config import ConfigError
-
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"sources.{ctx.source}.options.{option}: expected a number in [0, 1], got {value!r}")
 

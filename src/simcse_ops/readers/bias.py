@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 from simcse_ops.readers.base import (
     JsonStringLines,
     ReadContext,

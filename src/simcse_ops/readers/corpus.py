@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import ConfigError, DataError
 from simcse_ops.readers.base import (
     JsonStringLines,
     ReadContext,
@@ -204,8 +204,6 @@ class PubMedQASplits:
 
     def __init__(self, ctx: ReadContext, splits: Sequence[str] | None, test_pmids: str,
                  dev_fraction: float, seed: int, always: bool = False) -> None:
-        from simcse_ops.config import ConfigError
-
         check_fraction(dev_fraction, ctx, "dev_fraction")
         if splits is not None and not splits:
             raise ConfigError(f"sources.{ctx.source}.options.splits: expected at least one of "

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import ConfigError, DataError
 from simcse_ops.readers.base import (
     ReadContext,
     check_fraction,
@@ -109,8 +109,6 @@ def read_pairs_labelled(files: Sequence[Path], ctx: ReadContext, split: str = "t
 
     label is 0 or 1. A row without a split gets the option `split`; without a group, "".
     """
-    from simcse_ops.config import ConfigError
-
     if not split.strip():
         raise ConfigError(f"sources.{ctx.source}.options.split: expected a non-empty split name, got {split!r}")
     for path in files:
@@ -447,8 +445,6 @@ def read_pubmedqa_pairs(
     Only PMIDs whose `pubmedqa_split` is in `splits` are used (default: train, so no dev or test
     abstract is trained on; None: every PMID). `doc` is the PMID; `line` the line of the anchor.
     """
-    from simcse_ops.config import ConfigError
-
     if not pairs:
         raise ConfigError(f"sources.{ctx.source}.options.pairs: expected at least one of "
                           "question_conclusion, question_abstract, sentence_abstract, got []")

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 from simcse_ops.readers.base import ReadContext, check_nonempty, csv_records, iter_lines, read_bytes
 
 SNLI_LABELS = ("entailment", "neutral", "contradiction", "-")

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from simcse_ops.files import DataError
+from simcse_ops.errors import DataError
 from simcse_ops.readers.base import (
     ReadContext,
     check_fields,
