@@ -6,8 +6,9 @@ Each task runs `dvc repro --single-item <target>`: DVC decides whether the stage
 (and skips it), runs its command otherwise, and records the result in `dvc.lock`. The flow only
 orders the stages, retries a failed one with exponential backoff, streams DVC's output into the
 task log, and publishes what a person wants to see afterwards as Prefect artifacts: a table of the
-seven STS tasks per variant (`metrics/V/sts.json`) and the registry decision
-(`metrics/V/registry.json`) with a link to its MLflow run.
+seven STS tasks per variant (`sts.json` of `evaluate@V`) and the registry decision (`registry.json`
+of `register@V`) with a link to its MLflow run. Those files are found where dvc.yaml declares them
+(`simcse_ops.dvc_runner.stage_output`); no path is built here.
 
 Only one flow at a time operates on a workspace (`simcse_ops.dvc_runner.workspace_lock`); the
 Prefect work pool's concurrency limit keeps queued runs from even starting (see flows/prefect.yaml).
@@ -22,37 +23,28 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from simcse_ops.config import ConfigError, Params, load_params, section
-from simcse_ops.dvc_runner import DvcError, run_dvc, stage_graph, workspace_lock
+from simcse_ops.config import ConfigError, FlowsConfig, Params, load_params
+from simcse_ops.dvc_runner import (
+    DvcError,
+    load_stage_files,
+    run_dvc,
+    stage_graph,
+    stage_output,
+    workspace_lock,
+)
 
 # Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
 SHARED_STAGES = ("ingest", "dedup", "validate")
 VARIANT_STAGES = ("train", "evaluate", "bias", "register")
-
-
-@dataclass(frozen=True)
-class FlowsConfig:
-    """params.yaml `flows`: how the flows run DVC (schedules live in flows/prefect.yaml)."""
-
-    retries: int = 2                  # a failed stage is retried this many times ...
-    retry_delay_seconds: float = 10.0  # ... after 10 s, 20 s, 40 s, ... (exponential backoff)
-    retry_jitter_factor: float = 0.2   # +-20 % random jitter on each delay
-    stderr_tail_lines: int = 40        # lines of DVC's stderr quoted in a failure
-    lock_timeout_seconds: float | None = None  # wait for another flow's workspace lock; null: forever
-    mlflow_ui: str = "http://127.0.0.1:5000"   # where `mlflow server` shows runs (artifact links)
-
-
-def flows_config(params: Params) -> FlowsConfig:
-    return section(params, "flows", FlowsConfig)
 
 
 def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
@@ -144,8 +136,6 @@ def run_stages(workspace: Path, targets: Sequence[str], cfg: FlowsConfig) -> dic
 
 def hold_workspace(workspace: Path, cfg: FlowsConfig):
     """The workspace lock, logging whom a run waits for."""
-    from prefect.runtime import flow_run
-
     logger = get_run_logger()
     return workspace_lock(
         workspace,
@@ -165,11 +155,11 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", key)).strip("-")
 
 
-def sts_rows(workspace: Path, variants: Sequence[str], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per variant that has `metrics/V/sts.json`: the task figures and their average."""
+def sts_rows(paths: Mapping[str, Path], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per variant whose `sts.json` ({variant: its path}) exists: the task figures and
+    their average."""
     rows = []
-    for v in variants:
-        path = workspace / "metrics" / v / "sts.json"
+    for v, path in paths.items():
         if not path.is_file():
             continue
         scores = json.loads(path.read_text(encoding="utf-8"))
@@ -190,7 +180,7 @@ def mlflow_run_url(ui: str, experiment_id: str | None, run_id: str | None) -> st
 
 
 def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
-    """The registry decision (`metrics/V/registry.json`, written by `register@V`) as markdown, with
+    """The registry decision (`registry.json`, written by `register@V`) as markdown, with
     a link to the MLflow run that holds the model, its card and its scores."""
     name = decision.get("name") or f"simcse-{variant}"
     version = decision.get("version")
@@ -212,67 +202,84 @@ def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def domain_rows(workspace: Path, variant: str, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per domain task of `variant`: BM25, base, champion (as the gate saw it) and the
-    challenger, each "value [low, high]"; [] for a variant without domain tasks."""
-    path = workspace / "metrics" / variant / "domain.json"
+def domain_rows(path: Path, variant: str, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per domain task of `variant` in its `domain.json` (`path`): BM25, base, champion (as
+    the gate saw it) and the challenger, each "value [low, high]"; [] for a variant without domain
+    tasks (or not evaluated yet)."""
     if not path.is_file():
         return []
     summary = json.loads(path.read_text(encoding="utf-8"))
     gated = (decision or {}).get("domain") or {}
     rows = []
-    for task, t in summary.get("tasks", {}).items():
+    for name, t in summary.get("tasks", {}).items():  # not `task`: that is Prefect's decorator
         m = t["metric"]
 
         def cell(model: str) -> str | None:
             r = t["results"].get(model)
             return None if r is None else f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]"
 
-        champ = (gated.get(task) or {}).get("champion")
-        rows.append({"task": task + (" (primary)" if task == summary.get("primary") else ""), "metric": m,
+        champ = (gated.get(name) or {}).get("champion")
+        rows.append({"task": name + (" (primary)" if name == summary.get("primary") else ""), "metric": m,
                      "n": t["n"], "bm25": cell("bm25"), "base": cell("base"),
                      "champion": None if champ is None else f"{champ:.2f}", "challenger": cell(variant)})
     return rows
 
 
-def read_registry(workspace: Path, variant: str) -> dict[str, Any] | None:
-    path = workspace / "metrics" / variant / "registry.json"
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON file at `path`; None when it does not exist (its stage has not run)."""
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def registry_file(workspace: Path, variant: str) -> Path:
+    """`registry.json` as dvc.yaml declares it for `register@<variant>`."""
+    return stage_output(workspace, f"register@{variant}", "registry.json")
+
+
 def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], cfg: FlowsConfig,
                       key_prefix: str, reference: Sequence[str] = ()) -> None:
     """A table of the STS tasks for `variants` (and the `reference` variants, for comparison) and
-    one registry decision per variant."""
+    one registry decision per variant. The files are those dvc.yaml declares for `evaluate@V`
+    (`sts.json`, `domain.json`) and `register@V` (`registry.json`)."""
     logger = get_run_logger()
     tasks = list(params.evaluate.tasks)
-    rows = sts_rows(workspace, [*variants, *(r for r in reference if r not in variants)], tasks)
+    shown = [*variants, *(r for r in reference if r not in variants)]
+    files = load_stage_files(workspace, [*(f"evaluate@{v}" for v in shown),
+                                         *(f"register@{v}" for v in variants)])
+
+    def rel(path: Path) -> str:
+        return path.relative_to(workspace).as_posix()
+
+    sts = {v: files[f"evaluate@{v}"].output("sts.json") for v in shown}
+    rows = sts_rows(sts, tasks)
     if rows:
         create_table_artifact(
             table=[{k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in r.items()}
                    for r in rows],
             key=artifact_key(key_prefix, "sts"),
-            description=f"STS Spearman x100 ({', '.join(tasks)}, avg) from metrics/<variant>/sts.json",
+            description=f"STS Spearman x100 ({', '.join(tasks)}, avg) from "
+                        f"{', '.join(rel(sts[r['variant']]) for r in rows)}",
         )
     for v in variants:
-        decision = read_registry(workspace, v)
-        table = domain_rows(workspace, v, decision)
+        registry = files[f"register@{v}"].output("registry.json")
+        domain = files[f"evaluate@{v}"].output("domain.json")
+        decision = read_json(registry)
+        table = domain_rows(domain, v, decision)
         if table:
             create_table_artifact(
                 table=table, key=artifact_key(key_prefix, v, "domain"),
                 description=f"{v} on its domain tasks (headline metric x100, bootstrap intervals) beside "
                             f"BM25, the base encoder and the champion it was gated against "
-                            f"(metrics/{v}/domain.json, metrics/{v}/registry.json)",
+                            f"({rel(domain)}, {rel(registry)})",
             )
         if decision is None:
-            logger.info("%s: no metrics/%s/registry.json (variant not registered)", v, v)
+            logger.info("%s: no %s (variant not registered)", v, rel(registry))
             continue
         create_markdown_artifact(
             markdown=registry_markdown(v, decision, cfg.mlflow_ui),
             key=artifact_key("registry", v),
-            description=f"registry decision for {v} (metrics/{v}/registry.json)",
+            description=f"registry decision for {v} ({rel(registry)})",
         )
 
 
@@ -289,7 +296,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
     """
     ws = Path(workspace).resolve()
     params = load_params(ws / "params.yaml")
-    cfg = flows_config(params)
+    cfg = params.flows
     chosen = list(variants) if variants else list(params.variants)
     for v in chosen:
         params.variant(v)  # fails at once, naming the known variants

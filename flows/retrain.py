@@ -7,8 +7,8 @@ and Medical Question Pairs). Its source paths are glob patterns under
 `${data.root}/domain`: a new file dropped into the folder changes that dependency, so DVC re-runs
 ingest and everything downstream of it. The flow runs the same stage tasks as `simcse-pipeline`,
 restricted to the domain's chain (`dvc repro` of `register@<domain>` and its upstream), then reads
-`metrics/<domain>/registry.json` and reports whether a new version was registered and whether it
-became `champion`.
+the `registry.json` that dvc.yaml declares for `register@<domain>` and reports whether a new
+version was registered and whether it became `champion`.
 
 Deployments (one per domain, with its cron schedule) are in flows/prefect.yaml.
 
@@ -19,26 +19,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.pipeline import (
-    flows_config,
     hold_workspace,
     plan_stages,
     publish_artifacts,
-    read_registry,
+    read_json,
+    registry_file,
     run_stages,
 )
 from simcse_ops.config import ConfigError, Params, load_params
 from simcse_ops.dvc_runner import DvcError, stage_graph
-from simcse_ops.registry import register_config
+from simcse_ops.readers import FORMATS, expand_paths
 
 
 def domain_variants(params: Params) -> dict[str, tuple[str, ...]]:
-    """Domain variants (`Params.domain_variants`) and their corpus sources."""
+    """Domain variants (`Params.domain_variants`, the one definition) and their corpus sources."""
     return {name: v.corpus for name, v in params.domain_variants().items()}
 
 
@@ -51,19 +52,21 @@ def check_domain(params: Params, domain: str) -> tuple[str, ...]:
 
 
 def corpus_files(params: Params, sources: tuple[str, ...]) -> dict[str, list[str]]:
-    """The files each source's glob patterns match now (what ingest will read)."""
+    """The files each source's paths match now, relative to the data root: the readers' own
+    expansion (`simcse_ops.readers.expand_paths`), so exactly what ingest will read. A pattern
+    that matches nothing fails here, as it would fail ingest, naming the params key."""
     root = params.data_root
     found: dict[str, list[str]] = {}
     for s in sources:
-        files: list[str] = []
-        for pattern in params.sources[s].paths:
-            files.extend(str(p.relative_to(root)) for p in sorted(root.glob(pattern)) if p.is_file())
-        found[s] = files
+        source = params.sources[s]
+        fmt = FORMATS.get(source.format)  # an unknown format is ingest's error to report
+        files = expand_paths(s, source, root, folders=fmt is not None and fmt.folders)
+        found[s] = [Path(os.path.relpath(p, root)).as_posix() for p in files]
     return found
 
 
 def champion_report(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
-    """Compare `metrics/<domain>/registry.json` before and after the run.
+    """Compare the domain's `registry.json` (written by `register@<domain>`) before and after the run.
 
     `new_version`: the register stage registered a version other than the one before the run.
     `champion`: that version passed the promotion gate (`promoted` in registry.json);
@@ -90,29 +93,26 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
     ws = Path(workspace).resolve()
     params = load_params(ws / "params.yaml")
     sources = check_domain(params, domain)  # an unknown domain fails here, before any DVC work
-    cfg = flows_config(params)
+    cfg = params.flows
     for source, files in corpus_files(params, sources).items():
-        if not files:
-            raise FileNotFoundError(
-                f"{params.data_root}: source {source!r} matches no file "
-                f"({', '.join(params.sources[source].paths)}); fix params.yaml sources.{source}.paths"
-            )
         logger.info("%s: %d file(s): %s", source, len(files), ", ".join(files))
+    registry = registry_file(ws, domain)  # where dvc.yaml puts register@<domain>'s decision
 
     with hold_workspace(ws, cfg):
-        before = read_registry(ws, domain)
+        before = read_json(registry)
         plan = plan_stages(stage_graph(ws), [domain], list(params.variants))
         logger.info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
-        after = read_registry(ws, domain)
+        after = read_json(registry)
 
     report = {"domain": domain, **champion_report(before, after), "stages": statuses}
     # The table shows the reference a first version must beat (register.base_variant) beside it.
-    base = register_config(params).base_variant
+    base = params.register.base_variant
     reference = [base] if base in params.variants else []
     publish_artifacts(ws, params, [domain], cfg, key_prefix=f"retrain-{domain}", reference=reference)
     if report["version"] is None:
-        logger.warning("%s: no registry decision (metrics/%s/registry.json missing)", domain, domain)
+        logger.warning("%s: no registry decision (%s missing)", domain,
+                       registry.relative_to(ws).as_posix())
     elif not report["new_version"]:
         logger.info("%s: nothing changed; version %s stays (%s)", domain, report["version"],
                     "champion" if report["champion"] else "not champion")

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect import serve
+from prefect.flows import load_flow_from_entrypoint
+from prefect.schedules import Cron
 
 PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
 
@@ -57,8 +60,6 @@ def read_deployments(path: Path | str = PREFECT_FILE) -> list[DeploymentSpec]:
 
 def to_schedules(spec: DeploymentSpec, path: Path | str = PREFECT_FILE) -> list:
     """prefect.yaml cron schedules as Prefect `Cron` schedules (cron is the only kind used here)."""
-    from prefect.schedules import Cron
-
     out = []
     for s in spec.schedules:
         unknown = set(s) - {"cron", "timezone", "active", "day_or"}
@@ -73,8 +74,6 @@ def to_schedules(spec: DeploymentSpec, path: Path | str = PREFECT_FILE) -> list:
 
 
 def build_deployments(specs: list[DeploymentSpec], path: Path | str = PREFECT_FILE) -> list:
-    from prefect.flows import load_flow_from_entrypoint
-
     deployments = []
     for spec in specs:
         flow = load_flow_from_entrypoint(spec.entrypoint)
@@ -97,15 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     specs = read_deployments(args.prefect_file)
     if args.list:
-        from prefect.flows import load_flow_from_entrypoint
-
         for s in specs:
             flow_name = load_flow_from_entrypoint(s.entrypoint).name
             when = "; ".join(f"{c['cron']} ({c.get('timezone', 'UTC')})" for c in s.schedules)
             print(f"{flow_name}/{s.name}: {when or 'on demand'}  {s.parameters or ''}")
         return
-    from prefect import serve
-
     serve(*build_deployments(specs, args.prefect_file), limit=1)
 
 

@@ -6,10 +6,22 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from simcse_ops.dvc_runner import DvcError, parse_dag_dot, run_dvc, stage_graph, workspace_lock
+from simcse_ops.config import ConfigError
+from simcse_ops.dvc_runner import (
+    DvcError,
+    StageFiles,
+    load_stage_files,
+    parse_dag_dot,
+    run_dvc,
+    stage_files,
+    stage_graph,
+    stage_output,
+    workspace_lock,
+)
 from tests.flows.fake_project import calls, make_fake_project
 
 
@@ -98,3 +110,71 @@ def test_workspace_lock_timeout_names_the_holder(project):
                 pass
     with workspace_lock(project, timeout_s=0.3):  # released: taken at once
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# stage_files: the files a stage declares, as DVC resolves dvc.yaml
+
+
+@pytest.fixture(scope="module")
+def real_stages(project_root):
+    """Every stage of the project's own dvc.yaml (one DVC load)."""
+    return load_stage_files(project_root)
+
+
+def test_stage_files_of_the_real_dvc_yaml(project_root, params, real_stages):
+    base = params.register.base_variant
+    register = stage_files(project_root, "register@biomed")
+    assert register == real_stages["register@biomed"]
+    assert register.metrics == ("metrics/biomed/registry.json",)
+    assert register.outs == () and register.plots == ()
+    # foreach expansion and ${register.base_variant} from params.yaml, resolved by DVC
+    assert {"models/biomed", "metrics/biomed/sts.json", f"metrics/{base}/sts.json",
+            f"metrics/{base}/bias.json"} <= set(register.deps)
+    assert "params.yaml" not in register.deps  # `params:` are not file dependencies
+    evaluate = real_stages["evaluate@sup-nli"]
+    assert f"models/{base}" in evaluate.deps
+    assert evaluate.outs == ("metrics/sup-nli/domain_items.json",)
+    assert evaluate.metrics == ("metrics/sup-nli/sts.json", "metrics/sup-nli/domain.json")
+    assert evaluate.plots == ("metrics/sup-nli/sts_tasks.csv", "metrics/sup-nli/domain_tasks.csv")
+    assert "metrics/biomed/train/loss.csv" in real_stages["train@biomed"].plots
+    # ${data.root}: relative to the workspace, wherever it points
+    data_root = (project_root / params.data.root).resolve()
+    assert Path(project_root / real_stages["ingest"].deps[-1]).resolve().parent == data_root
+
+
+def test_every_file_the_flows_read_is_declared_in_the_real_dvc_yaml(project_root, params, real_stages):
+    for v in params.variants:
+        assert real_stages[f"evaluate@{v}"].output("sts.json") == project_root / f"metrics/{v}/sts.json"
+        assert real_stages[f"evaluate@{v}"].output("domain.json").name == "domain.json"
+        registry = real_stages[f"register@{v}"].output("registry.json")
+        assert registry == project_root / f"metrics/{v}/registry.json"
+    assert stage_output(project_root, "train@biomed", "train/train.json") == (
+        project_root / "metrics/biomed/train/train.json")
+
+
+def test_a_missing_stage_or_output_names_dvc_yaml_and_the_stage(project_root, real_stages):
+    with pytest.raises(ConfigError, match=r"dvc\.yaml: stage 'register@biomed' declares no output named "
+                                          r"'sts\.json' \(its outs, metrics and plots: "
+                                          r"metrics/biomed/registry\.json\)"):
+        real_stages["register@biomed"].output("sts.json")
+    with pytest.raises(ConfigError, match=r"dvc\.yaml: no stage 'register@legal' \(stages: ingest, "):
+        stage_files(project_root, "register@legal")
+    with pytest.raises(ConfigError, match="no stage 'register'"):  # a foreach group is not one stage
+        stage_files(project_root, "register")
+
+
+def test_an_ambiguous_output_name_is_an_error(tmp_path):
+    files = StageFiles("s", tmp_path, deps=(), outs=("a/x.json",), metrics=("b/x.json",), plots=())
+    with pytest.raises(ConfigError,
+                       match=r"stage 's' declares 2 outputs \(a/x\.json, b/x\.json\) named 'x\.json'"):
+        files.output("x.json")
+    assert files.output("b/x.json") == tmp_path / "b/x.json"
+    assert files.outputs == ("a/x.json", "b/x.json")
+
+
+def test_stage_files_of_the_fake_project(project):
+    ingest = stage_files(project, "ingest")
+    assert ingest.deps == ("fake_stage.py", "raw/domain") and ingest.outs == ("data/ingested",)
+    with pytest.raises(FileNotFoundError, match="not a DVC repository"):
+        stage_files(project / "raw", "ingest")

@@ -8,6 +8,10 @@ line DVC or the stage command prints, and keeping the last lines of stderr for t
 It also provides `workspace_lock`: DVC 3 releases its repository lock while a stage command runs
 and only fails (`'<out>' is busy`) when a second `dvc repro` touches the same outputs, so two flows
 in one workspace must be serialised before they start DVC at all.
+
+And `stage_files` / `stage_output`: a stage's declared files as DVC resolves them (foreach
+expansion, `${...}` from params.yaml). Paths live in dvc.yaml only; the flows read a stage's
+outputs (`stage_output(ws, "register@biomed", "registry.json")`) instead of rebuilding the path.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simcse_ops.errors import ConfigError
+
 LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
 
 # Progress bars: tqdm reads its defaults from TQDM_* variables; a log line every few seconds is
@@ -32,6 +38,7 @@ LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", l
 _QUIET_PROGRESS = {"TQDM_MININTERVAL": "5"}
 
 LOCK_FILE = Path(".dvc") / "tmp" / "simcse-flows.lock"
+DVC_FILE = "dvc.yaml"
 
 
 class DvcError(RuntimeError):
@@ -219,3 +226,95 @@ def _read_holder(path: Path) -> str:
     except OSError:
         text = ""
     return text or "another process"
+
+
+# --------------------------------------------------------------------------------------------
+# The files a stage declares
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """One stage's files as declared in dvc.yaml and resolved by DVC, relative to the workspace
+    (POSIX). `outs`, `metrics` and `plots` are the stage's sections of the same names (disjoint);
+    `deps` are its file dependencies (not `params`)."""
+
+    stage: str
+    workspace: Path
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    metrics: tuple[str, ...]
+    plots: tuple[str, ...]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (*self.outs, *self.metrics, *self.plots)
+
+    def output(self, name: str) -> Path:
+        """The one output whose path is `name` or ends with `/name` (`registry.json`,
+        `train/train.json`), as an absolute path; a `ConfigError` naming dvc.yaml and the stage
+        when the stage declares none, or several."""
+        found = [p for p in self.outputs if p == name or p.endswith(f"/{name}")]
+        if len(found) != 1:
+            what = "no output" if not found else f"{len(found)} outputs ({', '.join(found)})"
+            raise ConfigError(
+                f"{self.workspace / DVC_FILE}: stage {self.stage!r} declares {what} named {name!r} "
+                f"(its outs, metrics and plots: {', '.join(self.outputs) or 'none'})"
+            )
+        return self.workspace / found[0]
+
+
+def load_stage_files(
+    workspace: Path | str, targets: Sequence[str] | None = None
+) -> dict[str, StageFiles]:
+    """{stage: StageFiles} for `targets` (default: every stage of dvc.yaml), read with one DVC load.
+
+    Generated stages are named as DVC names them (`register@biomed`). An unknown target is a
+    `ConfigError` naming dvc.yaml and the stages it defines; a workspace without `.dvc` is a
+    `FileNotFoundError`, as for `run_dvc`.
+    """
+    # DVC's API is heavy to import (~0.3 s and many modules): only the callers that need it pay.
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir():
+        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    dvcfile = workspace / DVC_FILE
+
+    def rel(entry) -> str:
+        return Path(os.path.relpath(entry.fs_path, workspace)).as_posix()
+
+    try:
+        with Repo(str(workspace)) as repo:
+            files = {}
+            for st in repo.stage.load_all(path=str(dvcfile)):
+                outs = st.outs
+                files[st.name] = StageFiles(
+                    stage=st.name,
+                    workspace=workspace,
+                    deps=tuple(rel(d) for d in st.deps if not isinstance(d, ParamsDependency)),
+                    outs=tuple(rel(o) for o in outs if not o.metric and not o.plot),
+                    metrics=tuple(rel(o) for o in outs if o.metric),
+                    plots=tuple(rel(o) for o in outs if o.plot and not o.metric),
+                )
+    except DvcException as e:
+        raise ConfigError(f"{dvcfile}: {e}") from e
+    if targets is None:
+        return files
+    unknown = [t for t in targets if t not in files]
+    if unknown:
+        raise ConfigError(
+            f"{dvcfile}: no stage {', '.join(map(repr, unknown))} (stages: {', '.join(files) or 'none'})"
+        )
+    return {t: files[t] for t in targets}
+
+
+def stage_files(workspace: Path | str, target: str) -> StageFiles:
+    """The files stage `target` (`register@biomed`) declares in dvc.yaml, as DVC resolves them."""
+    return load_stage_files(workspace, [target])[target]
+
+
+def stage_output(workspace: Path | str, target: str, name: str) -> Path:
+    """The absolute path of the output `name` (`registry.json`) that stage `target` declares."""
+    return stage_files(workspace, target).output(name)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from prefect.artifacts import Artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
+from prefect.testing.utilities import prefect_test_harness
 
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
 def flow_run_logs(flow_run_id) -> list[str]:
     """Every log message of a flow run and its task runs, from the Prefect server."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
-
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
@@ -26,6 +25,4 @@ def flow_run_logs(flow_run_id) -> list[str]:
 
 
 def read_artifact(key: str):
-    from prefect.artifacts import Artifact
-
     return Artifact.get(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -59,8 +60,6 @@ def test_serve_builds_the_same_deployments_with_their_schedules(specs):
 
 
 def test_non_cron_schedules_are_rejected(specs):
-    from dataclasses import replace
-
     bad = replace(specs[0], schedules=({"interval": 60},))
     with pytest.raises(ValueError, match="must be cron schedules"):
         to_schedules(bad)

@@ -15,12 +15,15 @@ from flows.pipeline import (
     mlflow_run_url,
     pipeline,
     plan_stages,
+    registry_file,
     registry_markdown,
+    sts_rows,
 )
 from simcse_ops.config import ConfigError
 from simcse_ops.dvc_runner import DvcError
 from tests.flows.conftest import flow_run_logs, read_artifact
-from tests.flows.fake_project import TASKS, calls, make_fake_project
+from tests.flows.fake_project import DOMAIN_TASK, TASKS, calls, make_fake_project
+from tests.registry_support import write_domain
 
 
 def chain_graph(*variants: str) -> dict[str, set[str]]:
@@ -82,19 +85,38 @@ def test_artifact_keys_and_links():
 
 
 def test_domain_table_shows_bm25_base_champion_and_challenger_with_intervals(tmp_path):
-    from tests.registry_support import write_domain
-
-    write_domain(tmp_path / "metrics" / "biomed", "biomed", [1.0, 0.5, 0.0], [0.5, 0.5, 0.5])
+    folder = write_domain(tmp_path / "anywhere" / "biomed", "biomed", [1.0, 0.5, 0.0], [0.5, 0.5, 0.5])
     decision = {"domain": {"pubmedqa_conclusion": {"metric": "ndcg@10", "challenger": 50.0, "champion": 48.25}}}
-    [row] = domain_rows(tmp_path, "biomed", decision)
+    [row] = domain_rows(folder / "domain.json", "biomed", decision)
     assert row == {"task": "pubmedqa_conclusion (primary)", "metric": "ndcg@10", "n": 3, "bm25": None,
                    "base": "50.00 [49.00, 51.00]", "champion": "48.25", "challenger": "50.00 [49.00, 51.00]"}
-    assert domain_rows(tmp_path, "sup-nli", None) == []  # no domain.json: no table
+    assert domain_rows(tmp_path / "sup-nli" / "domain.json", "sup-nli", None) == []  # not evaluated: no table
+
+
+def test_sts_rows_read_the_given_files_and_skip_absent_ones(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({**{t: 1.0 for t in TASKS}, "avg": 1.0}))
+    rows = sts_rows({"a": tmp_path / "a.json", "b": tmp_path / "b.json"}, TASKS)
+    assert rows == [{"variant": "a", **{t: 1.0 for t in TASKS}, "avg": 1.0}]
+    (tmp_path / "c.json").write_text(json.dumps({"avg": 1.0}))
+    with pytest.raises(ValueError, match=r"c\.json: no figure for sts12"):
+        sts_rows({"c": tmp_path / "c.json"}, TASKS)
 
 
 @pytest.fixture()
 def project(tmp_path):
     return make_fake_project(tmp_path / "proj", retries=1)
+
+
+def test_the_registry_file_is_where_dvc_yaml_declares_it(project):
+    # The fake project keeps its results under results/V/: the path is dvc.yaml's, not the flow's.
+    assert registry_file(project, "biomed") == project / "results" / "biomed" / "registry.json"
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace('[{"results/${key}/registry.json": {cache: false}}]', "[]"))
+    with pytest.raises(ConfigError, match=r"dvc\.yaml: stage 'register@biomed' declares no output "
+                                          r"named 'registry\.json'"):
+        registry_file(project, "biomed")
+    with pytest.raises(ConfigError, match=r"dvc\.yaml: no stage 'register@nope'"):
+        registry_file(project, "nope")
 
 
 @pytest.mark.slow
@@ -121,10 +143,19 @@ def test_pipeline_runs_every_stage_in_order_and_publishes_artifacts(prefect_serv
     rows = json.loads(table.data)
     assert [r["variant"] for r in rows] == ["base", "biomed"]
     assert set(rows[0]) == {"variant", *TASKS, "avg"}
+    assert table.description.endswith("from results/base/sts.json, results/biomed/sts.json")
     decision = read_artifact("registry-biomed")
     assert decision.type == "markdown"
     assert "simcse-biomed version 1: promote (promoted to champion)" in decision.data
     assert "(http://mlflow.test:5000/#/runs/run1)" in decision.data
+    assert decision.description == "registry decision for biomed (results/biomed/registry.json)"
+    # The domain table: evaluate@biomed's domain.json beside the champion from registry.json.
+    domain = read_artifact("pipeline-biomed-domain")
+    assert json.loads(domain.data) == [{
+        "task": f"{DOMAIN_TASK} (primary)", "metric": "ndcg@10", "n": 1, "bm25": "40.00 [39.00, 41.00]",
+        "base": "45.00 [44.00, 46.00]", "champion": "48.25", "challenger": "51.00 [50.00, 52.00]"}]
+    assert "(results/biomed/domain.json, results/biomed/registry.json)" in domain.description
+    assert read_artifact("pipeline-base-domain") is None  # base has no domain tasks: no table
 
     # A second run finds everything up to date: DVC skips, nothing is re-run.
     again = pipeline(variants=["biomed"], workspace=str(project))

@@ -8,6 +8,7 @@ import pytest
 
 from flows.retrain import champion_report, check_domain, corpus_files, domain_variants, retrain_domain
 from simcse_ops.config import ConfigError, load_params
+from simcse_ops.readers import expand_paths
 from tests.flows.conftest import read_artifact
 from tests.flows.fake_project import calls, make_fake_project
 
@@ -16,6 +17,18 @@ def test_domain_variants_are_those_trained_on_domain_sources_only(params):
     # The project's own params: biomed trains on pubmedqa (role: domain); sup-nli, unsup-wiki don't.
     assert "biomed" in domain_variants(params)
     assert not {"base", "sup-nli", "unsup-wiki"} & set(domain_variants(params))
+
+
+def test_domain_variants_are_params_domain_variants(params):
+    assert set(domain_variants(params)) == set(params.domain_variants())  # the one rule
+
+
+def test_corpus_files_are_what_the_readers_read(params):
+    """The project's own biomed corpus: exactly the readers' expansion of its sources' paths."""
+    root = params.data_root
+    for source, files in corpus_files(params, check_domain(params, "biomed")).items():
+        expected = expand_paths(source, params.sources[source], root)
+        assert files and [root / f for f in files] == expected, source
 
 
 def test_unknown_domain_names_the_known_ones(params):
@@ -41,6 +54,15 @@ def test_champion_report():
 @pytest.fixture()
 def project(tmp_path):
     return make_fake_project(tmp_path / "proj")
+
+
+def test_a_source_matching_no_file_fails_as_ingest_would(project):
+    params = load_params(project / "params.yaml")
+    assert corpus_files(params, ("pubmedqa",)) == {"pubmedqa": ["domain/biomedical/ori_pqal.json"]}
+    (project / "raw" / "domain" / "biomedical" / "ori_pqal.json").unlink()
+    with pytest.raises(FileNotFoundError,
+                       match=r"sources\.pubmedqa\.paths\[0\] = 'domain/biomedical/ori_pqal\*\.json'"):
+        corpus_files(params, ("pubmedqa",))
 
 
 def test_unknown_domain_fails_at_once(prefect_server, project):
