@@ -47,7 +47,7 @@ import mlflow  # serving.py loads it anyway (SentenceEncoderModel subclasses mlf
 from simcse_ops import tracking
 from simcse_ops.actions import move_alias, reconcile
 from simcse_ops.card import model_card
-from simcse_ops.config import MlflowConfig
+from simcse_ops.config import MlflowConfig, ServeConfig
 from simcse_ops.errors import RegistryError
 from simcse_ops.evaluation import rescore_domain_task
 from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, decide
@@ -118,7 +118,7 @@ def register_variant(
     run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
 
     step("log_model")
-    info = _log_model(run, model_dir, card, mcfg)
+    info = _log_model(run, model_dir, card, mcfg, params.serve)
 
     step("create_version")
     tags = _version_tags(ev, decision, lineage, run.run_id)
@@ -210,8 +210,9 @@ def _embedding_dim(model_dir: Path) -> int:
     return int(cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model"))
 
 
-def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig):
-    """Upload the card to the run and log the pyfunc model (the folder + the card) to it."""
+def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig, scfg: ServeConfig):
+    """Upload the card to the run and log the pyfunc model (the folder + the card) to it, with the
+    serving limits of params.yaml `serve` stored in it."""
     with tempfile.TemporaryDirectory(prefix="simcse-card-") as tmp:
         card_path = Path(tmp) / "model_card.md"
         card_path.write_text(card, encoding="utf-8")
@@ -222,9 +223,10 @@ def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: Mlflow
             with mlflow.start_run(run_id=run.run_id):
                 return mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=SentenceEncoderModel(),
+                    python_model=SentenceEncoderModel(batch_size=scfg.batch_size, max_batch=scfg.max_batch,
+                                                      max_chars=scfg.max_chars, backend=scfg.backend),
                     artifacts={ENCODER_ARTIFACT: str(model_dir), CARD_ARTIFACT: str(card_path)},
-                    signature=signature(dim),
+                    signature=signature(dim, batch_size=scfg.batch_size),
                     pip_requirements=pip_requirements(),
                 )
 
