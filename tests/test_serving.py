@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from mlflow.pyfunc import load_model, save_model, scoring_server
 
 from simcse_ops.config import ServeConfig
 from simcse_ops.serving import SentenceEncoderModel, check_sentences, signature
+from simcse_ops.uris import ENCODER_ARTIFACT
 
 MAX_BATCH, MAX_CHARS = 4, 10
 
@@ -73,6 +75,12 @@ def test_limits_default_to_serve_config_and_survive_old_pickles():
     old = SentenceEncoderModel.__new__(SentenceEncoderModel)  # unpickled from before the limits
     old.__dict__.update({"batch_size": 64, "_model": None})
     assert old.max_batch == cfg.max_batch and old.max_chars == cfg.max_chars
+
+
+def test_onnx_backend_without_the_onnx_artifact_is_refused_at_load(tmp_path):
+    context = SimpleNamespace(artifacts={ENCODER_ARTIFACT: str(tmp_path)})
+    with pytest.raises(MlflowException, match=r"backend 'onnx-int8' needs the ONNX export.*artifact 'onnx'"):
+        SentenceEncoderModel(backend="onnx-int8").load_context(context)
 
 
 def test_signature_keeps_raw_values_and_the_batch_size_default():

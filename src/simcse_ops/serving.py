@@ -1,6 +1,8 @@
 """The MLflow pyfunc wrapper that makes a registered encoder a service.
 
-`SentenceEncoderModel` carries a sentence-transformers folder as the artifact `encoder`. Loaded
+`SentenceEncoderModel` carries a sentence-transformers folder as the artifact `encoder` and, when
+registered with its export, the ONNX graphs as the artifact `onnx`; it embeds with the backend
+chosen at registration (params.yaml `serve.backend`: torch, onnx or onnx-int8). Loaded
 with `mlflow.pyfunc.load_model("models:/simcse-X@champion")` (or served by `mlflow models serve`),
 `predict` takes a list of sentences, a pandas Series, or a DataFrame (column `sentence`, `text`, or
 the first column) and returns a float32 array (N, D) of embeddings, not normalised: compare them
@@ -41,9 +43,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 
+from simcse_ops.backends import load_encoder
 from simcse_ops.config import ServeConfig
-from simcse_ops.encoder import encode, load_sentence_transformer
-from simcse_ops.uris import ENCODER_ARTIFACT  # defined beside the loader that reads it back
+from simcse_ops.uris import ENCODER_ARTIFACT, ONNX_ARTIFACT  # beside the loader that reads them back
 
 CARD_ARTIFACT = "model_card"
 # The request schema of the pyfunc: input columns (or dict keys) it reads sentences from, tried in
@@ -137,17 +139,24 @@ class SentenceEncoderModel(mlflow.pyfunc.PythonModel):
         self._model = None
 
     def load_context(self, context) -> None:
+        """Load `self.backend` (see `backends.load_encoder`); the ONNX backends read their graphs
+        from the artifact `onnx`, which registration logs from the variant's `exports/` folder."""
         folder = Path(context.artifacts[ENCODER_ARTIFACT])
-        # backend wiring: `self.backend` ("torch", "onnx", "onnx-int8") is stored but only torch
-        # is loaded for now.
-        self._model = load_sentence_transformer(folder, device="auto")
+        onnx_dir = context.artifacts.get(ONNX_ARTIFACT)
+        if self.backend != "torch" and onnx_dir is None:
+            raise MlflowException(
+                f"backend {self.backend!r} needs the ONNX export, but this model has no artifact "
+                f"{ONNX_ARTIFACT!r}: register the version again with its export "
+                f"(`dvc repro export@<variant> register@<variant>`), or set serve.backend: torch"
+            )
+        self._model = load_encoder(folder, self.backend, onnx_dir=onnx_dir)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
         sentences = check_sentences(_as_values(model_input), self.max_batch, self.max_chars)
         batch = _batch_size(params, self.batch_size)
         if self._model is None:  # predict before load_context: only when misused directly
             self.load_context(context)
-        return encode(self._model, sentences, batch_size=batch)
+        return self._model.encode(sentences, batch_size=batch)
 
 
 def signature(dim: int, batch_size: int = _DEFAULTS.batch_size):
