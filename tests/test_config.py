@@ -116,6 +116,8 @@ def test_missing_file(tmp_path):
         ("serve", ["max_batch"], 0, r"serve\.max_batch: expected an integer >= 1, got 0"),
         ("serve", ["max_chars"], -1, r"serve\.max_chars: expected an integer >= 1, got -1"),
         ("serve", ["batch_size"], 0, r"serve\.batch_size: expected an integer >= 1, got 0"),
+        ("serve", ["int8_max_drop"], "small", r"serve\.int8_max_drop: expected a number, got 'small'"),
+        ("serve", ["int8_max_drop"], -0.1, r"serve\.int8_max_drop: expected a number of STS points x100 in \[0, 100\), got -0\.1"),
     ],
 )
 def test_a_typo_in_any_section_fails_at_load(raw, tmp_path, section, path, value, message):
@@ -144,8 +146,10 @@ def test_every_section_is_typed(params):
 def test_serve_defaults_and_project_values(raw, params, tmp_path):
     from simcse_ops.config import ServeConfig
 
-    assert params.serve == ServeConfig(backend="torch", max_batch=256, max_chars=2000, batch_size=64)
+    assert params.serve == ServeConfig(backend="torch", max_batch=256, max_chars=2000, batch_size=64,
+                                       int8_max_drop=0.3)
     without = {k: v for k, v in raw.items() if k != "serve"}
     assert parse_params(without, tmp_path / "p.yaml").serve == ServeConfig()
-    onnx = {**raw, "serve": {"backend": "onnx-int8", "max_batch": 8}}
-    assert parse_params(onnx, tmp_path / "p.yaml").serve == ServeConfig(backend="onnx-int8", max_batch=8)
+    onnx = {**raw, "serve": {"backend": "onnx-int8", "max_batch": 8, "int8_max_drop": 1}}
+    assert parse_params(onnx, tmp_path / "p.yaml").serve == ServeConfig(backend="onnx-int8", max_batch=8,
+                                                                        int8_max_drop=1.0)

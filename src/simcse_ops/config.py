@@ -393,6 +393,9 @@ class ServeConfig:
     max_batch: int = 256    # sentences per request; more: HTTP 400
     max_chars: int = 2000   # characters per sentence; longer: HTTP 400 (rejected, never truncated)
     batch_size: int = 64    # sentences per forward pass (request param `batch_size` overrides it)
+    # onnx-int8 is offered for a version iff its 7-task STS avg is at most this many points (x100)
+    # below torch's (evaluate@<variant> records it in sts.json `backends`)
+    int8_max_drop: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -690,6 +693,9 @@ def _check_serve(params: Params, raw: dict) -> None:
         value = getattr(s, key)
         if value < 1:
             _fail(params, f"serve.{key}", f"expected an integer >= 1, got {value}")
+    if not 0 <= s.int8_max_drop < 100:
+        _fail(params, "serve.int8_max_drop", f"expected a number of STS points x100 in [0, 100), "
+                                             f"got {s.int8_max_drop}")
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
