@@ -1,6 +1,7 @@
 """Prefect flow `simcse-pipeline`: the DVC stages in order, one Prefect task per stage target.
 
-    ingest -> dedup -> validate -> for each variant V: train@V -> evaluate@V -> bias@V -> register@V
+    ingest -> dedup -> validate -> for each variant V: train@V -> export@V -> evaluate@V -> bias@V
+    -> register@V
 
 Each task runs `dvc repro --single-item <target>`: DVC decides whether the stage is up to date
 (and skips it), runs its command otherwise, and records the result in `dvc.lock`. The flow only
@@ -44,7 +45,7 @@ from simcse_ops.dvc_runner import (
 
 # Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
 SHARED_STAGES = ("ingest", "dedup", "validate")
-VARIANT_STAGES = ("train", "evaluate", "bias", "register")
+VARIANT_STAGES = ("train", "export", "evaluate", "bias", "register")
 
 
 def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
@@ -56,7 +57,7 @@ def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
     every stage upstream of a target is added (`register@biomed` needs `evaluate@base`), as
     `dvc repro` would. The order is topological; among stages that are ready together the shared
     stages come first, then variant by variant (in `variant_order`, params.yaml's order), each in
-    train, evaluate, bias, register order.
+    train, export, evaluate, bias, register order.
     """
     missing = [s for s in SHARED_STAGES if s not in graph]
     if missing:

@@ -1,4 +1,6 @@
-"""DVC stage `evaluate@<variant>`: the 7 STS tasks -> metrics/<variant>/sts.json + bar plot CSV;
+"""DVC stage `evaluate@<variant>`: the 7 STS tasks -> metrics/<variant>/sts.json + bar plot CSV,
+with `backends` in sts.json: the same tasks with the ONNX graphs of exports/<variant> (onnx,
+onnx-int8), their parity to torch and whether onnx-int8 is offered (serve.int8_max_drop);
 the variant's domain tasks (with the base encoder and BM25 scored in the same run) ->
 metrics/<variant>/domain.json, domain_items.json (per query / pair, for the gate) and
 domain_tasks.csv (bar plot). A variant without domain tasks writes them empty."""
@@ -11,6 +13,7 @@ import io
 import os
 from pathlib import Path
 
+from simcse_ops.backend_eval import evaluate_backends
 from simcse_ops.config import load_params
 from simcse_ops.errors import run_main
 from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, required=True, help="folder of ingested Parquet files")
     ap.add_argument("--model", required=True, help="model folder (models/<variant>)")
     ap.add_argument("--out", type=Path, required=True, help="metrics folder (metrics/<variant>)")
+    ap.add_argument("--exports", type=Path, default=None,
+                    help="the export stage's folder (exports/<variant>): score the ONNX backends too; "
+                         "without it sts.json has no `backends` and only serve.backend torch registers")
     ap.add_argument("--baseline", default=None, help="the reference variant (register.base_variant)")
     ap.add_argument("--baseline-model", default=None,
                     help="its model folder (models/base), scored beside a domain variant on its tasks")
@@ -63,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("a domain variant needs --baseline and --baseline-model (models/base)")
     result = evaluate_model(params, args.model, args.data)
     result = {**result, "variant": args.variant}
+    if args.exports is not None:  # after the torch fields, which stay as they were
+        result["backends"] = evaluate_backends(params, args.model, args.exports, args.data, result)
     write_json(args.out / "sts.json", result)
 
     write_csv(args.out / "sts_tasks.csv", ["task", "spearman"],
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
 
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])
     print(f"evaluate@{args.variant}: {table}  ({result['timing']['total_s']:.0f} s)")
+    for name, b in result.get("backends", {}).items():
+        if name != "torch":
+            offered = "" if "offered" not in b else f"  offered: {b['offered']} ({b['reason']})"
+            print(f"evaluate@{args.variant}: {name} avg {b['avg']:.2f}, min cosine to torch "
+                  f"{b['parity']['min']:.4f}{offered}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""DVC stage `register@<variant>`: register models/<variant> in the MLflow registry as
-`simcse-<variant>` (tags, model card, alias `challenger`), apply the promotion gate, and write
+"""DVC stage `register@<variant>`: register models/<variant> (with its ONNX export) in the MLflow
+registry as `simcse-<variant>` (tags, model card, alias `challenger`), served with params.yaml
+`serve.backend`, apply the promotion gate on that backend's STS scores, and write
 metrics/<variant>/registry.json (version, decision, reasons)."""
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="metrics of the reference variant (metrics/base): a first version must beat it")
     ap.add_argument("--data", type=Path, default=None,
                     help="ingested data (data/ingested): re-score a champion with no comparable domain results")
+    ap.add_argument("--exports", type=Path, default=None,
+                    help="the ONNX export (exports/<variant>), logged with the model: serve.backend onnx "
+                         "and onnx-int8 need it")
     ap.add_argument("--out", type=Path, required=True, help="registry.json to write")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = register_variant(
             args.variant, args.model, args.metrics, params, root, base_metrics_dir=args.base_metrics,
-            data_dir=args.data,
+            data_dir=args.data, export_dir=args.exports,
         )
     except (RegistryError, tracking.TrackingUnavailable) as e:
         print(f"register@{args.variant}: error: {e}", file=sys.stderr)

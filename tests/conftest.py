@@ -62,3 +62,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """`backends.export_onnx(tiny_model_dir, ...)`: the ONNX graphs of the tiny BERT, as
+    export@<variant> writes them to exports/<variant>."""
+    from simcse_ops.backends import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-export") / "exports"
+    export_onnx(tiny_model_dir, out)
+    return out

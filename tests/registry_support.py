@@ -48,6 +48,28 @@ def write_metrics(folder: Path, tasks: list[str], scores: dict[str, float] | flo
     return folder
 
 
+def write_backends(folder: Path, tasks: list[str], onnx: float, int8: float, offered: bool,
+                   min_cosine: float = 0.99999) -> Path:
+    """Add sts.json `backends` as the evaluate stage writes it: torch's row copied, onnx and
+    onnx-int8 at `onnx` and `int8` on every task (avg = that), onnx-int8 `offered` as given."""
+    sts = json.loads((folder / "sts.json").read_text(encoding="utf-8"))
+
+    def row(value: float) -> dict:
+        return {"tasks": {t: value for t in tasks}, "avg": value,
+                "parity": {"min": min_cosine, "mean": 1.0, "p01": min_cosine, "n": 300}, "encode_s": 1.0}
+
+    drop = round(sts["avg"] - int8, 2)
+    sts["backends"] = {
+        "torch": {"tasks": {t: sts[t] for t in tasks}, "avg": sts["avg"]},
+        "onnx": row(onnx),
+        "onnx-int8": {**row(int8), "offered": offered, "drop": drop, "max_drop": 0.3,
+                      "reason": f"STS avg torch {sts['avg']:.2f} - onnx-int8 {int8:.2f} = {drop:.2f} "
+                                f"{'<=' if offered else 'is more than'} serve.int8_max_drop 0.3"},
+    }
+    (folder / "sts.json").write_text(json.dumps(sts), encoding="utf-8")
+    return folder
+
+
 def write_domain(folder: Path, variant: str, values, base_values, task: str = "pubmedqa_conclusion",
                  metric: str = "ndcg@10") -> Path:
     """domain.json and domain_items.json as the evaluate stage writes them: per-query values of

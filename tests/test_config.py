@@ -109,6 +109,15 @@ def test_missing_file(tmp_path):
         ("mlflow", ["retries"], -1, r"mlflow: expected retries >= 0"),
         ("evaluate", ["bootstrap", "n_resample"], 10, r"evaluate\.bootstrap: unknown key\(s\) 'n_resample'"),
         ("ingest", ["max_bad"], 0.1, r"ingest: unknown key\(s\) 'max_bad'"),
+        ("serve", ["max_batchs"], 10, r"serve: unknown key\(s\) 'max_batchs'"),
+        ("serve", ["backend"], "tensorrt", r"serve\.backend: 'tensorrt' is not one of 'torch', 'onnx', 'onnx-int8'"),
+        ("serve", ["max_batch"], "many", r"serve\.max_batch: expected an integer, got 'many'"),
+        ("serve", ["max_chars"], 2.5, r"serve\.max_chars: expected an integer, got 2\.5"),
+        ("serve", ["max_batch"], 0, r"serve\.max_batch: expected an integer >= 1, got 0"),
+        ("serve", ["max_chars"], -1, r"serve\.max_chars: expected an integer >= 1, got -1"),
+        ("serve", ["batch_size"], 0, r"serve\.batch_size: expected an integer >= 1, got 0"),
+        ("serve", ["int8_max_drop"], "small", r"serve\.int8_max_drop: expected a number, got 'small'"),
+        ("serve", ["int8_max_drop"], -0.1, r"serve\.int8_max_drop: expected a number of STS points x100 in \[0, 100\), got -0\.1"),
     ],
 )
 def test_a_typo_in_any_section_fails_at_load(raw, tmp_path, section, path, value, message):
@@ -132,3 +141,15 @@ def test_every_section_is_typed(params):
             value = getattr(params, f.name)
             inner = next(iter(value.values())) if isinstance(value, dict) and value else value
             assert dataclasses.is_dataclass(inner), f"params.{f.name} is not typed: {type(inner)}"
+
+
+def test_serve_defaults_and_project_values(raw, params, tmp_path):
+    from simcse_ops.config import ServeConfig
+
+    assert params.serve == ServeConfig(backend="torch", max_batch=256, max_chars=2000, batch_size=64,
+                                       int8_max_drop=0.3)
+    without = {k: v for k, v in raw.items() if k != "serve"}
+    assert parse_params(without, tmp_path / "p.yaml").serve == ServeConfig()
+    onnx = {**raw, "serve": {"backend": "onnx-int8", "max_batch": 8, "int8_max_drop": 1}}
+    assert parse_params(onnx, tmp_path / "p.yaml").serve == ServeConfig(backend="onnx-int8", max_batch=8,
+                                                                        int8_max_drop=1.0)

@@ -15,9 +15,11 @@ import pytest
 from simcse_ops import actions, registration, tracking
 from simcse_ops.errors import RegistryError
 from simcse_ops.gate import DomainScore, Scores
-from simcse_ops.scores import load_scores, score_tags, scores_from_tags
+from simcse_ops.scores import backend_notes, load_scores, score_tags, scores_from_tags
 from simcse_ops.uris import parse_models_uri
-from tests.registry_support import export_st, make_project, tracking_env, write_domain, write_metrics
+from tests.registry_support import (
+    export_st, make_project, tracking_env, write_backends, write_domain, write_metrics,
+)
 
 TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
 
@@ -276,3 +278,114 @@ def test_failed_registration_is_undone_and_the_champion_restored(project):
     # the champion stack after the repair holds v1 only
     with pytest.raises(RegistryError, match="no earlier champion"):
         actions.rollback(client, _params(params_path, prefix), "sup-nli", log=lambda m: None)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving backends: the gate sees the served backend's scores; the export travels with the version
+
+
+def test_load_scores_reads_the_served_backends_row(tmp_path):
+    write_backends(write_metrics(tmp_path, TASKS, 80.0), TASKS, onnx=79.9, int8=79.5, offered=False)
+    torch, onnx = load_scores(tmp_path, TASKS), load_scores(tmp_path, TASKS, backend="onnx")
+    assert torch.sts["avg"] == 80.0 and torch.backend == "torch"
+    assert onnx.sts == {**{t: 79.9 for t in TASKS}, "avg": 79.9} and onnx.backend == "onnx"
+    assert list(onnx.backends) == ["torch", "onnx", "onnx-int8"]
+    write_metrics(tmp_path / "old", TASKS, 80.0)  # evaluated before the backends
+    with pytest.raises(ValueError, match=r"no STS scores of backend 'onnx'.*serve.backend: torch"):
+        load_scores(tmp_path / "old", TASKS, backend="onnx")
+
+
+def test_backend_scores_round_trip_through_tags_and_fall_back_to_torch(tmp_path):
+    write_backends(write_metrics(tmp_path, TASKS, 80.0), TASKS, onnx=79.9, int8=79.5, offered=False)
+    tags = score_tags(load_scores(tmp_path, TASKS, backend="onnx"))
+    assert tags["serve_backend"] == "onnx" and tags["sts.avg"] == "79.9000"
+    assert (tags["sts_torch.avg"], tags["sts_onnx.avg"], tags["sts_onnx-int8.sickr"]) == ("80.0000", "79.9000", "79.5000")
+    assert tags["parity_onnx-int8.min_cosine"] == "0.999990" and tags["offered_onnx-int8"] == "false"
+    assert "offered_onnx" not in tags and "parity_torch.min_cosine" not in tags
+
+    served = scores_from_tags(tags, TASKS)  # default: the backend the version serves
+    assert served.backend == "onnx" and served.sts["avg"] == pytest.approx(79.9)
+    int8 = scores_from_tags(tags, TASKS, "onnx-int8")
+    assert int8.backend == "onnx-int8" and int8.sts["avg"] == pytest.approx(79.5)
+    old = {k: v for k, v in score_tags(load_scores(tmp_path, TASKS)).items()
+           if k.startswith("sts.")}  # a version from before the backends: torch's sts.* only
+    fallback = scores_from_tags(old, TASKS, "onnx")
+    assert fallback.backend == "torch" and fallback.sts["avg"] == pytest.approx(80.0)
+    assert backend_notes(served, fallback, "champion v1") == [
+        "note: champion v1 has no onnx STS scores (registered or evaluated before the serving backends "
+        "were); compared with its torch scores"]
+    assert backend_notes(served, served, "champion v1") == [] and backend_notes(served, None, "x") == []
+
+
+@pytest.fixture(scope="module")
+def exported(project):
+    """exports/tiny: the export stage's ONNX graphs of the project's model."""
+    from simcse_ops.backends import export_onnx
+
+    root, _, model = project
+    export_onnx(model, root / "exports" / "tiny")
+    return root / "exports" / "tiny"
+
+
+def _register_backend(project, exported, prefix, backend, tag, torch=80.0, onnx=79.9, int8=79.5, offered=True):
+    root, params_path, model = project
+    mdir = write_backends(write_metrics(root / "metrics" / f"{prefix}{tag}", TASKS, torch), TASKS, onnx, int8, offered)
+    p = _params(params_path, prefix)
+    p = dataclasses.replace(p, serve=dataclasses.replace(p.serve, backend=backend))
+    return registration.register_variant("sup-nli", model, mdir, p, root, base_metrics_dir=root / "metrics" / "base",
+                                         log=lambda m: None, export_dir=exported)
+
+
+@pytest.mark.slow
+def test_onnx_version_carries_its_export_and_serves_torchs_embeddings(project, exported):
+    import mlflow.pyfunc
+
+    from simcse_ops.backends import OnnxEncoder
+    from simcse_ops.encoder import encode, load_sentence_transformer
+
+    root, _, model = project
+    result = _register_backend(project, exported, "onnx-", "onnx", "v1")
+    assert result["serve_backend"] == "onnx" and result["promoted"]
+    assert "avg 79.90 vs base 75.00" in " ".join(result["reasons"])  # the gate saw onnx's avg
+    mv = _client().get_model_version("onnx-sup-nli", "1")
+    tags = mv.tags
+    assert tags["serve_backend"] == "onnx" and float(tags["sts.avg"]) == 79.9
+    assert float(tags["sts_torch.avg"]) == 80.0 and float(tags["sts_onnx-int8.avg"]) == 79.5
+    assert tags["offered_onnx-int8"] == "true"
+    card = mv.description
+    assert "## Serving backends" in card and "serves with **onnx**" in card and "the promotion gate use its scores" in card
+    assert "| **onnx** | 79.90 | 1.0000 | yes |" in card and "| onnx-int8 | 79.50 | 1.0000 | yes |" in card
+
+    loaded = mlflow.pyfunc.load_model("models:/onnx-sup-nli/1")
+    artifacts = Path(loaded._model_impl.context.artifacts["onnx"])
+    assert sorted(p.name for p in artifacts.iterdir()) == sorted(p.name for p in exported.iterdir())
+    assert isinstance(loaded.unwrap_python_model()._model, OnnxEncoder)
+    sents = ["A man is playing a guitar.", "Stocks fell sharply on Monday.", "ok"]
+    served = np.asarray(loaded.predict(sents))
+    direct = encode(load_sentence_transformer(model, device="cpu"), sents)
+    cos = (served * direct).sum(1) / np.linalg.norm(served, axis=1) / np.linalg.norm(direct, axis=1)
+    assert served.shape == direct.shape and cos.min() > 0.9999
+
+
+@pytest.mark.slow
+def test_int8_not_offered_is_refused_before_anything_is_registered(project, exported):
+    with pytest.raises(RegistryError, match=r"onnx-int8 is not offered for this version: STS avg torch 80\.00 - "
+                                            r"onnx-int8 79\.50 = 0\.50 is more than .*serve\.backend: onnx"):
+        _register_backend(project, exported, "int8-", "onnx-int8", "v1", offered=False)
+    assert _client().search_model_versions("name = 'int8-sup-nli'") == []
+    result = _register_backend(project, exported, "int8-", "onnx-int8", "v1", int8=79.8, offered=True)
+    assert result["serve_backend"] == "onnx-int8" and result["version"] == 1
+
+
+@pytest.mark.slow
+def test_an_onnx_challenger_meets_a_torch_only_champion_on_torchs_scores(project, exported):
+    """A champion registered before the backends has torch's scores only: the gate compares with
+    them and says so."""
+    assert _register(project, "mixed-", "sup-nli", {"scores": 78.0}, "m1")["promoted"]
+    result = _register_backend(project, exported, "mixed-", "onnx", "m2", torch=79.0, onnx=78.9, int8=78.5)
+    reasons = " ".join(result["reasons"])
+    assert "avg 78.90 vs champion v1 78.00" in reasons
+    assert "note: champion v1 has no onnx STS scores" in reasons and "compared with its torch scores" in reasons
+    # a second onnx version is compared on the champion's onnx scores (v2 is champion now)
+    result = _register_backend(project, exported, "mixed-", "onnx", "m3", torch=79.5, onnx=79.3, int8=78.5)
+    assert "avg 79.30 vs champion v2 78.90" in " ".join(result["reasons"]) and "note:" not in " ".join(result["reasons"])

@@ -15,6 +15,7 @@ Alias moves are recorded as registered-model tags `audit.<time>-<id>` holding JS
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -25,7 +26,7 @@ from typing import Any
 from simcse_ops.config import MlflowConfig
 from simcse_ops.errors import RegistryError
 from simcse_ops.gate import decide
-from simcse_ops.scores import base_scores, gate_inputs, run_domain, version_scores
+from simcse_ops.scores import backend_notes, base_scores, gate_inputs, run_domain, version_scores
 from simcse_ops.store import CHALLENGER, CHAMPION, COMPLETE, alias_version, versions
 from simcse_ops.tracking import retry, who
 
@@ -115,14 +116,17 @@ def promote(
         raise RegistryError("--force needs --reason TEXT: say why the gate is overridden")
     mv, champ = _promotable(client, name, variant, version, mcfg)
     label = f"champion v{champ.version}" if champ is not None else "none"
+    # the STS scores of the backend the challenger serves, for all three (see simcse_ops.scores)
+    challenger = version_scores(client, mv, variant, g, mcfg)
     base = None
     if champ is None and base_metrics_dir is not None and (Path(base_metrics_dir) / "sts.json").is_file():
         # the base encoder on the same items, logged with the version's run
         domain = run_domain(client, mv, "base", mcfg) if g.primary is not None else None
-        base = base_scores(base_metrics_dir, g.tasks, domain)
-    challenger = version_scores(client, mv, variant, g, mcfg)
-    champion = version_scores(client, champ, variant, g, mcfg) if champ is not None else None
+        base = base_scores(base_metrics_dir, g.tasks, domain, challenger.backend)
+    champion = version_scores(client, champ, variant, g, mcfg, challenger.backend) if champ is not None else None
     decision = decide(challenger, champion, label, base, g)
+    ref, ref_label = (champion, label) if champion is not None else (base, g.cfg.base_variant)
+    decision = dataclasses.replace(decision, reasons=decision.reasons + backend_notes(challenger, ref, ref_label))
     if not decision.promote and not force:
         raise RegistryError(
             f"{name} v{mv.version} fails the gate against {decision.compared_to}:\n  "

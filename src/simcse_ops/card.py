@@ -2,7 +2,7 @@
 
 `model_card` writes, in order: the title and description, the data (sources, DVC md5 of the
 datasets, git commit), the hyper-parameters, the STS table (the variant beside base and the
-champion), the domain tasks (`domain_table`: bootstrap intervals per model), the bias table
+champion, on the served backend), the serving backends (`backends_section`), the domain tasks (`domain_table`: bootstrap intervals per model), the bias table
 (SEAT), the promotion gate's decision and reasons, and the intended use and limits. The card is
 uploaded with the model (`model_card/model_card.md` of the run, and inside the pyfunc model) and
 is the version's description (cut to fit: `registration._description`).
@@ -45,6 +45,7 @@ def model_card(
     lines += _data_section(vcfg, params, lineage)
     lines += _hyperparameters_section(vcfg)
     lines += _sts_section(variant, scores, base, champion, champion_label, tasks)
+    lines += backends_section(scores)
     if domain_path is not None and Path(domain_path).is_file():
         lines += domain_table(read_json(domain_path), champion, champion_label)
     lines += _bias_section(scores)
@@ -98,6 +99,23 @@ def _sts_section(variant: str, scores: Scores, base: Scores | None, champion: Sc
             r.append(f"{champion.sts.get(t, float('nan')):.2f}" if t in champion.sts else "-")
         rows.append(r)
     return ["", "## STS (Spearman x100 of cosine, 'all' setting)", "", _table(header, rows), ""]
+
+
+def backends_section(scores: Scores) -> list[str]:
+    """Which backend the version serves (and whose scores the gate used), and per backend of
+    sts.json `backends`: STS avg, min per-sentence cosine to torch, whether it is offered."""
+    lines = ["## Serving backends", "",
+             f"The model serves with **{scores.backend}** (params.yaml `serve.backend`); the STS table "
+             f"above and the promotion gate use its scores.", ""]
+    if not scores.backends:
+        return lines + ["Only torch was evaluated (sts.json has no `backends`).", ""]
+    rows = []
+    for name, b in scores.backends.items():
+        cos = f"{b['parity']['min']:.4f}" if "parity" in b else "-"
+        offered = ("yes" if b["offered"] else "no") if "offered" in b else "yes"
+        rows.append([f"**{name}**" if name == scores.backend else name, f"{b['avg']:.2f}", cos, offered])
+    lines += [_table(["backend", "STS avg", "min cosine to torch", "offered"], rows), ""]
+    return lines + [f"- {name}: {b['reason']}" for name, b in scores.backends.items() if "reason" in b] + [""]
 
 
 def domain_table(domain: Mapping[str, Any], champion: Scores | None = None,

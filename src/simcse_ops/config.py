@@ -380,6 +380,24 @@ class FlowsConfig:
     mlflow_ui: str = "http://127.0.0.1:5000"   # where `mlflow server` shows runs (artifact links)
 
 
+# --------------------------------------------------------------------------------------------
+# serve (serving.py: the pyfunc's limits, pickled with each registered version)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """params.yaml `serve`: what the served model accepts. Read at registration and stored in the
+    pyfunc, so a version keeps the limits it was registered with."""
+
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"  # the encoder runtime inside the pyfunc
+    max_batch: int = 256    # sentences per request; more: HTTP 400
+    max_chars: int = 2000   # characters per sentence; longer: HTTP 400 (rejected, never truncated)
+    batch_size: int = 64    # sentences per forward pass (request param `batch_size` overrides it)
+    # onnx-int8 is offered for a version iff its 7-task STS avg is at most this many points (x100)
+    # below torch's (evaluate@<variant> records it in sts.json `backends`)
+    int8_max_drop: float = 0.3
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataConfig
@@ -393,6 +411,7 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     path: Path = Path("params.yaml")
 
     @property
@@ -535,7 +554,7 @@ def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Param
         )
     params = dataclasses.replace(_build(Params, raw, "", path), path=path)
     for check in (_check_evaluate, _check_variants, _check_dedup, _check_validate, _check_bias,
-                  _check_register, _check_mlflow_flows):
+                  _check_register, _check_mlflow_flows, _check_serve):
         check(params, raw)
     return params
 
@@ -666,6 +685,17 @@ def _check_mlflow_flows(params: Params, raw: dict) -> None:
                                f"{f.retry_jitter_factor}")
     if f.lock_timeout_seconds is not None and f.lock_timeout_seconds < 0:
         _fail(params, "flows.lock_timeout_seconds", "expected >= 0 or null")
+
+
+def _check_serve(params: Params, raw: dict) -> None:
+    s = params.serve
+    for key in ("max_batch", "max_chars", "batch_size"):
+        value = getattr(s, key)
+        if value < 1:
+            _fail(params, f"serve.{key}", f"expected an integer >= 1, got {value}")
+    if not 0 <= s.int8_max_drop < 100:
+        _fail(params, "serve.int8_max_drop", f"expected a number of STS points x100 in [0, 100), "
+                                             f"got {s.int8_max_drop}")
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -46,10 +46,12 @@ class DomainScore:
 
 @dataclass(frozen=True)
 class Scores:
-    sts: dict[str, float]  # the tasks and "avg"
+    sts: dict[str, float]  # the tasks and "avg", of the serving backend `backend`
     bias: dict[str, Any] | None = None  # bias.json `summary`
     bias_tests: dict[str, Any] = field(default_factory=dict)  # bias.json `tests`
     domain: dict[str, DomainScore] = field(default_factory=dict)  # task -> score
+    backend: str = "torch"  # whose STS row `sts` is (backends.BACKENDS)
+    backends: dict[str, Any] = field(default_factory=dict)  # sts.json `backends` (card and tags)
 
 
 @dataclass(frozen=True)

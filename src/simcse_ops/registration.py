@@ -9,7 +9,7 @@
    current champion; `scores.gate_inputs` gathers the gate's settings for promote too);
 2. log (`_attach_to_run`, `_log_model`): attach STS, bias and domain results and the model card
    to the variant's training run (found by its tags: `tracking.run_for_model`), and log the pyfunc
-   model (the sentence-transformers folder + the card) to it;
+   model (the sentence-transformers folder, the ONNX export of the export stage, the card) to it;
 3. register (`_create_version`, `_set_aliases`): create the version with every tag at once -
    scores, bias summary, lineage, decision, reasons, `registry.state=pending` - in one request
    (one database transaction), so a version never exists without its tags and decision; move
@@ -22,6 +22,12 @@
 
 Every MLflow call is retried with exponential backoff on connection errors and then fails with a
 message naming the store and the operation (`tracking.retry`).
+
+The served backend (params.yaml `serve.backend`: torch, onnx, onnx-int8) is pickled with the
+pyfunc, and the gate sees that backend's STS scores (sts.json `backends`, `scores.load_scores`);
+the champion's and base's are taken on the same backend when they have them (else torch's, with
+a note among the reasons). onnx-int8 is refused, before anything is written, for a version where
+the evaluate stage did not offer it (its STS avg fell more than serve.int8_max_drop below torch's).
 
 The gate (`gate.decide`): with a champion, the challenger passes when
   avg(challenger) >= avg(champion) - epsilon,
@@ -47,19 +53,20 @@ import mlflow  # serving.py loads it anyway (SentenceEncoderModel subclasses mlf
 from simcse_ops import tracking
 from simcse_ops.actions import move_alias, reconcile
 from simcse_ops.card import model_card
-from simcse_ops.config import MlflowConfig
+from simcse_ops.config import MlflowConfig, ServeConfig
 from simcse_ops.errors import RegistryError
 from simcse_ops.evaluation import rescore_domain_task
 from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, decide
 from simcse_ops.scores import (
-    DOMAIN_ITEMS, DOMAIN_JSON, base_scores, gate_inputs, load_domain, load_scores, score_tags, version_scores,
+    DOMAIN_ITEMS, DOMAIN_JSON, TORCH, backend_notes, base_scores, gate_inputs, load_domain, load_scores,
+    score_tags, version_scores,
 )
 from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
 from simcse_ops.store import (
     CHALLENGER, CHAMPION, COMPLETE, PENDING, alias_version, ensure_registered_model, mlflow_client,
 )
 from simcse_ops.tracking import retry
-from simcse_ops.uris import download_registered_model
+from simcse_ops.uris import ONNX_ARTIFACT, download_registered_model
 
 MAX_DESCRIPTION = 4900  # model_versions.description is VARCHAR(5000) in MLflow's SQL schema
 
@@ -95,19 +102,23 @@ def register_variant(
     on_step: Callable[[str], None] | None = None,
     log: Callable[[str], None] = print,
     data_dir: Path | str | None = None,
+    export_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Register `model_dir` as a new version of `simcse-<variant>` and apply the gate.
 
     `on_step(name)` is called at "prepare", "log_model", "create_version", "created", "aliases",
     "champion" (when promoted) and "done" (fault-injection tests stop the server at a chosen
     step). `data_dir` (data/ingested) lets a domain variant's gate re-score a champion whose
-    logged per-item results do not match the current primary task. Returns the registry.json
-    mapping. The tracking URI must be configured (`tracking.configure`).
+    logged per-item results do not match the current primary task. `export_dir` (exports/<variant>,
+    the export stage's ONNX graphs) is logged with the model as the artifact `onnx`; the ONNX
+    backends need it. Returns the registry.json mapping. The tracking URI must be configured
+    (`tracking.configure`).
     """
     step = on_step or (lambda _s: None)
     root, model_dir, metrics_dir = Path(root), Path(model_dir), Path(metrics_dir)
     mcfg = params.mlflow
     ev = gather(params, variant, model_dir, metrics_dir, base_metrics_dir)
+    check_backend(ev, params.serve.backend, export_dir)
 
     step("prepare")
     client = mlflow_client()
@@ -115,10 +126,12 @@ def register_variant(
     reconcile(client, ev.name, mcfg, log)
     gather_champion(client, params, ev, data_dir, log)
     decision = decide(ev.scores, ev.champion, ev.champ_label, ev.base, ev.g)
+    ref, ref_label = (ev.champion, ev.champ_label) if ev.champion is not None else (ev.base, ev.g.cfg.base_variant)
+    decision = dataclasses.replace(decision, reasons=decision.reasons + backend_notes(ev.scores, ref, ref_label))
     run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
 
     step("log_model")
-    info = _log_model(run, model_dir, card, mcfg)
+    info = _log_model(run, model_dir, card, mcfg, params.serve, export_dir)
 
     step("create_version")
     tags = _version_tags(ev, decision, lineage, run.run_id)
@@ -144,15 +157,37 @@ def gather(params, variant: str, model_dir: Path, metrics_dir: Path, base_metric
     g = gate_inputs(params, variant)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); run the train stage")
-    scores = load_scores(metrics_dir, g.tasks, require_bias=g.cfg.bias_gate, model=variant)
+    backend = params.serve.backend  # the gate sees the served backend's STS scores
+    scores = load_scores(metrics_dir, g.tasks, require_bias=g.cfg.bias_gate, model=variant, backend=backend)
     if g.primary is not None and g.primary not in scores.domain:
         raise FileNotFoundError(f"{metrics_dir / DOMAIN_JSON}: no results on the primary task "
                                 f"{g.primary}; run the evaluate stage (dvc repro evaluate@{variant})")
     base = None
     if base_metrics_dir is not None and not g.is_base_variant:
         # the base encoder on the domain tasks, scored in the variant's own evaluate run
-        base = base_scores(base_metrics_dir, g.tasks, load_domain(metrics_dir, "base"))
+        base = base_scores(base_metrics_dir, g.tasks, load_domain(metrics_dir, "base"), backend)
     return Gathered(variant, g.cfg.model_prefix + variant, g, scores, base)
+
+
+def check_backend(ev: Gathered, backend: str, export_dir: Path | str | None) -> None:
+    """Refuse, before anything is written, a served backend this version cannot serve: an ONNX
+    backend without the export, onnx-int8 where the evaluate stage did not offer it."""
+    if export_dir is not None and not Path(export_dir).is_dir():
+        raise RegistryError(f"register {ev.name}: {export_dir}: no ONNX export; run `dvc repro export@{ev.variant}`")
+    if backend == TORCH:
+        return
+    if export_dir is None:
+        raise RegistryError(
+            f"register {ev.name}: serve.backend {backend} needs the ONNX export, and none was given; "
+            f"pass --exports exports/{ev.variant} (dvc.yaml's register stage does), or set serve.backend: torch"
+        )
+    int8 = ev.scores.backends.get("onnx-int8", {})
+    if backend == "onnx-int8" and not int8.get("offered"):
+        raise RegistryError(
+            f"register {ev.name}: serve.backend onnx-int8 is not offered for this version: "
+            f"{int8.get('reason', 'sts.json has no onnx-int8 verdict')}. Serve it with the fp32 graph "
+            f"instead (params.yaml serve.backend: onnx), or accept a larger drop (serve.int8_max_drop)"
+        )
 
 
 def gather_champion(client, params, ev: Gathered, data_dir: Path | str | None, log: Callable[[str], None]) -> None:
@@ -161,7 +196,7 @@ def gather_champion(client, params, ev: Gathered, data_dir: Path | str | None, l
     ev.champ_mv = alias_version(client, ev.name, CHAMPION, params.mlflow)
     if ev.champ_mv is None:
         return
-    ev.champion = version_scores(client, ev.champ_mv, ev.variant, ev.g, params.mlflow)
+    ev.champion = version_scores(client, ev.champ_mv, ev.variant, ev.g, params.mlflow, backend=ev.scores.backend)
     primary = ev.g.primary
     if primary is not None and data_dir is not None and not _same_items(ev.scores, ev.champion, primary):
         ev.champion = _rescore_champion(params, ev.name, ev.champ_mv, ev.champion, data_dir, primary, log)
@@ -192,7 +227,10 @@ def _attach_to_run(params, ev: Gathered, decision: Decision, model_dir: Path, me
     """The variant's run with the results attached, the version's lineage tags, and the card."""
     vcfg, scores = params.variant(ev.variant), ev.scores
     run = tracking.run_for_model(ev.variant, model_dir, root, params.mlflow, params=dataclasses.asdict(vcfg))
-    tracking.attach_results(run, "sts", scores.sts, [metrics_dir / "sts.json"])
+    # the run's `sts` metrics stay torch's (the model's own quality, comparable across runs)
+    torch = scores.backends.get(TORCH)
+    tracking.attach_results(run, "sts", {**torch["tasks"], "avg": torch["avg"]} if torch else scores.sts,
+                            [metrics_dir / "sts.json"])
     tracking.attach_results(run, "bias", scores.bias or {}, [metrics_dir / "bias.json"])
     if scores.domain:
         tracking.attach_results(run, "domain", {t: d.value for t, d in scores.domain.items()},
@@ -210,8 +248,10 @@ def _embedding_dim(model_dir: Path) -> int:
     return int(cfg.get("hidden_size") or cfg.get("dim") or cfg.get("d_model"))
 
 
-def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig):
-    """Upload the card to the run and log the pyfunc model (the folder + the card) to it."""
+def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig, scfg: ServeConfig,
+               export_dir: Path | str | None = None):
+    """Upload the card to the run and log the pyfunc model (the folder, the ONNX export when
+    given, the card) to it, with params.yaml `serve` (backend and limits) stored in it."""
     with tempfile.TemporaryDirectory(prefix="simcse-card-") as tmp:
         card_path = Path(tmp) / "model_card.md"
         card_path.write_text(card, encoding="utf-8")
@@ -222,9 +262,11 @@ def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: Mlflow
             with mlflow.start_run(run_id=run.run_id):
                 return mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=SentenceEncoderModel(),
-                    artifacts={ENCODER_ARTIFACT: str(model_dir), CARD_ARTIFACT: str(card_path)},
-                    signature=signature(dim),
+                    python_model=SentenceEncoderModel(batch_size=scfg.batch_size, max_batch=scfg.max_batch,
+                                                      max_chars=scfg.max_chars, backend=scfg.backend),
+                    artifacts={ENCODER_ARTIFACT: str(model_dir), CARD_ARTIFACT: str(card_path),
+                               **({ONNX_ARTIFACT: str(export_dir)} if export_dir is not None else {})},
+                    signature=signature(dim, batch_size=scfg.batch_size),
                     pip_requirements=pip_requirements(),
                 )
 
@@ -334,6 +376,7 @@ def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str,
         "run_id": run_id,
         "experiment_id": retry(lambda: client.get_run(run_id).info.experiment_id, "read the run", mcfg),
         "model_sha256": lineage["model_sha256"],
+        "serve_backend": ev.scores.backend,  # whose STS scores the gate saw
         # the domain figures the gate saw: the challenger beside the champion it was compared with
         "domain": {t: {"metric": d.metric, "challenger": d.value, "ci": list(d.ci) if d.ci else None,
                        "champion": (ev.champion.domain[t].value

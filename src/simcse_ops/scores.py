@@ -4,13 +4,23 @@
   `domain.json` with `domain_items.json` (the evaluate and bias stages' outputs); `load_domain`
   reads the domain tasks of one model from them;
 - version tags: `score_tags` writes the tags a registered version carries (`sts.<task>`,
-  `bias.summary`, `bias.<key>`, `domain.<task>.metric|value|ci`); `scores_from_tags` reads them back;
+  `bias.summary`, `bias.<key>`, `domain.<task>.metric|value|ci`, and the serving backends':
+  `serve_backend`, `sts_<backend>.<task>`, `parity_<backend>.min_cosine|mean_cosine`,
+  `offered_onnx-int8`); `scores_from_tags` reads them back;
 - run artifacts: `run_domain` reads the domain results (with per-item values) a version's run
   logged at registration;
 - for the gate: `gate_inputs` (the settings from params.yaml), `version_scores` (a registered
   version's scores as the gate compares them) and `base_scores` (the reference variant's, for a
   first champion). Registration (`registration.register_variant`) and `simcse-ops promote`
   (`actions.promote`) both gather their inputs through these.
+
+Serving backends: the STS figures the gate compares (`Scores.sts`, tags `sts.<task>`) are those of
+the backend the version serves (params.yaml `serve.backend`; `Scores.backend`, tag
+`serve_backend`): torch's are sts.json's top level, onnx's and onnx-int8's its `backends.<name>`
+(the evaluate stage). The champion and the base variant are compared on the same backend when they
+have its scores (`sts_<backend>.*` tags, sts.json `backends`), otherwise on torch's (a version
+registered before the backends were evaluated has torch's only); `backend_notes` says so, and
+registration and promote add the note to the gate's reasons.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from simcse_ops.config import MlflowConfig
 from simcse_ops.files import read_json
@@ -28,36 +39,58 @@ from simcse_ops.store import is_not_found
 from simcse_ops.tracking import retry
 
 DOMAIN_JSON, DOMAIN_ITEMS = "domain.json", "domain_items.json"  # written by the evaluate stage
+SERVE_BACKEND_TAG = "serve_backend"
+TORCH = "torch"  # the backend of sts.json's top level and of versions registered before backends
 
 
 # --------------------------------------------------------------------------------------------
 # Files
 
 
+def sts_row(raw: Mapping[str, Any], tasks: list[str], backend: str, path: Path) -> dict[str, float]:
+    """The STS tasks and avg of `backend` from an sts.json mapping `raw` (read from `path`):
+    torch's at the top level, another backend's in `backends.<backend>.tasks` and `.avg`."""
+    if backend == TORCH:
+        row = raw
+    else:
+        b = (raw.get("backends") or {}).get(backend)
+        if b is None:
+            raise ValueError(
+                f"{path}: no STS scores of backend {backend!r} (no `backends.{backend}`); run the "
+                f"export and evaluate stages (`dvc repro evaluate@<variant>` passes --exports), or set "
+                f"params.yaml serve.backend: torch"
+            )
+        row = {**b["tasks"], "avg": b["avg"]}
+    missing = [t for t in [*tasks, "avg"] if not isinstance(row.get(t), (int, float))]
+    if missing:
+        where = "" if backend == TORCH else f" of backend {backend}"
+        raise ValueError(
+            f"{path}: no score{where} for {', '.join(missing)}; expected the tasks of params.yaml "
+            f"evaluate.tasks and avg (rerun the evaluate stage)"
+        )
+    return {t: float(row[t]) for t in [*tasks, "avg"]}
+
+
 def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = True,
-                model: str | None = None) -> Scores:
-    """Read `<metrics_dir>/sts.json` (tasks + avg), `bias.json`, and when present `domain.json`
-    with `domain_items.json` (the results of `model`, default the variant the folder belongs to)."""
+                model: str | None = None, backend: str = TORCH) -> Scores:
+    """Read `<metrics_dir>/sts.json` (tasks + avg of `backend`: `sts_row`; its `backends`),
+    `bias.json`, and when present `domain.json` with `domain_items.json` (the results of `model`,
+    default the variant the folder belongs to)."""
     metrics_dir = Path(metrics_dir)
     sts_path = metrics_dir / "sts.json"
     raw = read_json(sts_path)
-    missing = [t for t in [*tasks, "avg"] if not isinstance(raw.get(t), (int, float))]
-    if missing:
-        raise ValueError(
-            f"{sts_path}: no score for {', '.join(missing)}; expected the tasks of params.yaml "
-            f"evaluate.tasks and avg (rerun the evaluate stage)"
-        )
-    sts = {t: float(raw[t]) for t in [*tasks, "avg"]}
+    sts = sts_row(raw, tasks, backend, sts_path)
+    backends = dict(raw.get("backends") or {})
     domain = load_domain(metrics_dir, model)
     bias_path = metrics_dir / "bias.json"
     if not bias_path.is_file():
         if require_bias:
             raise FileNotFoundError(f"{bias_path}: not found; run the bias stage first")
-        return Scores(sts, domain=domain)
+        return Scores(sts, domain=domain, backend=backend, backends=backends)
     b = read_json(bias_path)
     if "summary" not in b:
         raise ValueError(f"{bias_path}: no 'summary'; expected the bias stage's output")
-    return Scores(sts, dict(b["summary"]), dict(b.get("tests") or {}), domain)
+    return Scores(sts, dict(b["summary"]), dict(b.get("tests") or {}), domain, backend, backends)
 
 
 def load_domain(metrics_dir: Path | str, model: str | None = None) -> dict[str, DomainScore]:
@@ -85,21 +118,65 @@ def load_domain(metrics_dir: Path | str, model: str | None = None) -> dict[str, 
 # Version tags
 
 
-def scores_from_tags(tags: Mapping[str, str], tasks: list[str]) -> Scores:
-    """The scores a version's tags carry (`score_tags`); domain tasks without their items."""
-    sts = {t: float(tags[f"sts.{t}"]) for t in [*tasks, "avg"] if f"sts.{t}" in tags}
+def _tag_row(tags: Mapping[str, str], tasks: list[str], backend: str) -> dict[str, float] | None:
+    """`backend`'s STS tasks and avg from a version's tags, None when it lacks any: its
+    `sts_<backend>.*`, or `sts.*` when `backend` is the one it serves (torch if untagged)."""
+    keys = [*tasks, "avg"]
+    for prefix in (f"sts_{backend}.", "sts." if tags.get(SERVE_BACKEND_TAG, TORCH) == backend else None):
+        if prefix is not None and all(prefix + t in tags for t in keys):
+            return {t: float(tags[prefix + t]) for t in keys}
+    return None
+
+
+def scores_from_tags(tags: Mapping[str, str], tasks: list[str], backend: str | None = None) -> Scores:
+    """The scores a version's tags carry (`score_tags`); domain tasks without their items.
+
+    The STS row is `backend`'s (default: the backend the version serves), else torch's (see the
+    module docstring; `Scores.backend` says which), else whatever `sts.*` tags there are (the
+    gate then names the missing ones)."""
+    served = tags.get(SERVE_BACKEND_TAG, TORCH)
+    used = backend or served
+    sts = _tag_row(tags, tasks, used)
+    if sts is None and used != TORCH:
+        used, sts = TORCH, _tag_row(tags, tasks, TORCH)
+    if sts is None:
+        used, sts = served, {t: float(tags[f"sts.{t}"]) for t in [*tasks, "avg"] if f"sts.{t}" in tags}
     bias = json.loads(tags["bias.summary"]) if "bias.summary" in tags else None
     domain = {}
     for k, v in tags.items():
         if k.startswith("domain.") and k.endswith(".value"):
             task = k[len("domain."):-len(".value")]
             domain[task] = DomainScore(tags.get(f"domain.{task}.metric", ""), float(v))
-    return Scores(sts, bias, domain=domain)
+    return Scores(sts, bias, domain=domain, backend=used)
+
+
+def backend_tags(s: Scores) -> dict[str, str]:
+    """`serve_backend`, and per backend of sts.json `backends`: `sts_<backend>.<task>` (and
+    `.avg`), `parity_<backend>.min_cosine|mean_cosine` (to torch), `offered_onnx-int8`."""
+    tags = {SERVE_BACKEND_TAG: s.backend}
+    for name, b in s.backends.items():
+        tags.update({f"sts_{name}.{t}": f"{v:.4f}" for t, v in {**b["tasks"], "avg": b["avg"]}.items()})
+        if "parity" in b:
+            tags[f"parity_{name}.min_cosine"] = f"{b['parity']['min']:.6f}"
+            tags[f"parity_{name}.mean_cosine"] = f"{b['parity']['mean']:.6f}"
+        if "offered" in b:
+            tags[f"offered_{name}"] = str(bool(b["offered"])).lower()
+    return tags
+
+
+def backend_notes(challenger: Scores, ref: Scores | None, label: str) -> list[str]:
+    """A note for the gate's reasons when the reference (`label`: the champion or the base
+    variant) is compared on another backend than the challenger serves."""
+    if ref is None or ref.backend == challenger.backend:
+        return []
+    return [f"note: {label} has no {challenger.backend} STS scores (registered or evaluated before "
+            f"the serving backends were); compared with its {ref.backend} scores"]
 
 
 def score_tags(s: Scores) -> dict[str, str]:
-    """The tags of a registered version that hold its scores."""
+    """The tags of a registered version that hold its scores (`sts.*`: the served backend's)."""
     tags = {f"sts.{k}": f"{v:.4f}" for k, v in s.sts.items()}
+    tags.update(backend_tags(s))
     if s.bias is not None:
         tags["bias.summary"] = json.dumps(s.bias, sort_keys=True)
         for k, v in s.bias.items():
@@ -159,17 +236,22 @@ def gate_inputs(params, variant: str) -> GateInputs:
     )
 
 
-def version_scores(client, mv, variant: str, g: GateInputs, mcfg: MlflowConfig) -> Scores:
-    """A registered version's scores as the gate compares them: its tags, and for a domain
-    variant the per-item domain results its run logged (the paired test needs the items)."""
-    s = scores_from_tags(mv.tags, g.tasks)
+def version_scores(client, mv, variant: str, g: GateInputs, mcfg: MlflowConfig,
+                   backend: str | None = None) -> Scores:
+    """A registered version's scores as the gate compares them: its tags (the STS row of
+    `backend`, default the one it serves: `scores_from_tags`), and for a domain variant the
+    per-item domain results its run logged (the paired test needs the items)."""
+    s = scores_from_tags(mv.tags, g.tasks, backend)
     return dataclasses.replace(s, domain=run_domain(client, mv, variant, mcfg)) if g.primary else s
 
 
 def base_scores(base_metrics_dir: Path | str, tasks: list[str],
-                domain: dict[str, DomainScore] | None = None) -> Scores:
+                domain: dict[str, DomainScore] | None = None, backend: str = TORCH) -> Scores:
     """The reference variant's scores from its metrics folder (the register stage's
-    `--base-metrics`; no bias results needed). `domain` replaces its domain results with the
-    base encoder's scored beside the variant, on the variant's items; None keeps the folder's own."""
-    base = load_scores(base_metrics_dir, tasks, require_bias=False)
+    `--base-metrics`; no bias results needed), on `backend` when its sts.json has that backend's
+    scores, else on torch's. `domain` replaces its domain results with the base encoder's scored
+    beside the variant, on the variant's items; None keeps the folder's own."""
+    evaluated = read_json(Path(base_metrics_dir) / "sts.json").get("backends") or {}
+    used = backend if backend in evaluated else TORCH
+    base = load_scores(base_metrics_dir, tasks, require_bias=False, backend=used)
     return base if domain is None else dataclasses.replace(base, domain=domain)

@@ -1,10 +1,26 @@
 """The MLflow pyfunc wrapper that makes a registered encoder a service.
 
-`SentenceEncoderModel` carries a sentence-transformers folder as the artifact `encoder`. Loaded
+`SentenceEncoderModel` carries a sentence-transformers folder as the artifact `encoder` and, when
+registered with its export, the ONNX graphs as the artifact `onnx`; it embeds with the backend
+chosen at registration (params.yaml `serve.backend`: torch, onnx or onnx-int8). Loaded
 with `mlflow.pyfunc.load_model("models:/simcse-X@champion")` (or served by `mlflow models serve`),
 `predict` takes a list of sentences, a pandas Series, or a DataFrame (column `sentence`, `text`, or
 the first column) and returns a float32 array (N, D) of embeddings, not normalised: compare them
 with cosine similarity, as the STS evaluation does.
+
+Bad input is refused, never guessed at: `check_sentences` raises an `MlflowException` with
+INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400 and a JSON body
+`{"error_code": "INVALID_PARAMETER_VALUE", "message": "..."}` naming the problem, for an empty
+request, more than `serve.max_batch` sentences, a null (JSON `null`, a missing DataFrame cell) or
+non-string item (number, boolean, list, object), and a sentence longer than `serve.max_chars`
+characters (rejected with its index and length, not truncated: a silently cut sentence would get
+an embedding of a different text). The limits come from params.yaml `serve` at registration and
+are pickled with the model.
+
+The input signature is one unnamed column of type `any` (not `string`): with `string`, the scoring
+server casts the parsed JSON to numpy strings before `predict` runs, so `null` arrives as "None"
+and `3` as "3" and would be embedded. With `any`, values reach `predict` as JSON decoded them.
+(Malformed JSON and an empty list are refused by MLflow itself, also with HTTP 400.)
 
 The serving environment must have `simcse-ops` installed (`--env-manager local`), since the model
 object is pickled by reference to this module.
@@ -12,81 +28,150 @@ object is pickled by reference to this module.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 
-from simcse_ops.encoder import encode, load_sentence_transformer
-from simcse_ops.uris import ENCODER_ARTIFACT  # defined beside the loader that reads it back
+from simcse_ops.backends import load_encoder
+from simcse_ops.config import ServeConfig
+from simcse_ops.uris import ENCODER_ARTIFACT, ONNX_ARTIFACT  # beside the loader that reads them back
 
 CARD_ARTIFACT = "model_card"
 # The request schema of the pyfunc: input columns (or dict keys) it reads sentences from, tried in
 # order. Not a data kind, so not taken from `simcse_ops.schemas.KINDS`.
 TEXT_COLUMNS = ("sentence", "text")
+_DEFAULTS = ServeConfig()
 
 
-def _as_sentences(model_input: Any) -> list[str]:
-    import pandas as pd
+def bad_request(message: str) -> MlflowException:
+    """The error `predict` raises for bad input: the scoring server answers it with HTTP 400."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
+
+def _as_values(model_input: Any) -> list[Any]:
+    """The items of a request, whatever container they came in (not yet checked)."""
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] == 0:
-            raise ValueError("empty DataFrame: expected a column 'sentence' (or 'text') of strings")
+            return []
         col = next((c for c in TEXT_COLUMNS if c in model_input.columns), model_input.columns[0])
-        values = model_input[col].tolist()
-    elif isinstance(model_input, (pd.Series, np.ndarray)):
-        values = list(np.asarray(model_input).ravel())
-    elif isinstance(model_input, dict):
+        return model_input[col].tolist()
+    if isinstance(model_input, (pd.Series, np.ndarray)):
+        return list(np.asarray(model_input, dtype=object).ravel())
+    if isinstance(model_input, dict):
         col = next((c for c in TEXT_COLUMNS if c in model_input), None)
         if col is None:
-            raise ValueError(f"expected a key 'sentence' or 'text', got {sorted(model_input)}")
-        values = list(model_input[col])
-    else:
-        values = list(model_input)
-    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
-    if bad:
-        raise ValueError(f"input {bad[0]} is {type(values[bad[0]]).__name__}, expected a string")
-    return values
+            raise bad_request(f"expected a key 'sentence' or 'text', got {sorted(model_input)}")
+        return list(model_input[col])
+    return list(model_input)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _item_problem(value: Any, max_chars: int) -> str | None:
+    """Why one item is not an acceptable sentence, or None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # `instances` records: 0-d arrays
+        value = value.item()
+    if isinstance(value, str):
+        if len(value) > max_chars:
+            return f"has {len(value)} characters, more than serve.max_chars={max_chars}"
+        return None
+    if _is_null(value):
+        return "is null; expected a string"
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"is {type(value).__name__} {shown}; expected a string"
+
+
+def check_sentences(values: Sequence[Any], max_batch: int, max_chars: int) -> list[str]:
+    """`values` as a list of str, or `bad_request` naming the first bad item (and how many)."""
+    n = len(values)
+    if n == 0:
+        raise bad_request("empty input: expected 1 to serve.max_batch="
+                          f"{max_batch} sentences, got none")
+    if n > max_batch:
+        raise bad_request(f"too many sentences: {n}, more than serve.max_batch={max_batch}; "
+                          "split the request")
+    problems = [(i, p) for i, v in enumerate(values) if (p := _item_problem(v, max_chars))]
+    if problems:
+        i, p = problems[0]
+        more = f" ({len(problems)} bad items, the first shown)" if len(problems) > 1 else ""
+        raise bad_request(f"item {i} {p}{more}")
+    return [str(v.item() if isinstance(v, np.ndarray) else v) for v in values]
+
+
+def _batch_size(params: dict[str, Any] | None, default: int) -> int:
+    value = (params or {}).get("batch_size", default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise bad_request(f"params.batch_size must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class SentenceEncoderModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: sentences -> embeddings (N, D) from a bundled sentence-transformers folder."""
+    """pyfunc: sentences -> embeddings (N, D) from a bundled sentence-transformers folder.
 
-    def __init__(self, batch_size: int = 64) -> None:
-        self.batch_size = batch_size
+    The limits are set at registration (params.yaml `serve`) and pickled with the model; the class
+    attributes are the defaults of versions pickled before the limits existed.
+    """
+
+    batch_size: int = _DEFAULTS.batch_size
+    max_batch: int = _DEFAULTS.max_batch
+    max_chars: int = _DEFAULTS.max_chars
+    backend: str = _DEFAULTS.backend
+
+    def __init__(self, batch_size: int = _DEFAULTS.batch_size, max_batch: int = _DEFAULTS.max_batch,
+                 max_chars: int = _DEFAULTS.max_chars, backend: str = _DEFAULTS.backend) -> None:
+        self.batch_size, self.max_batch, self.max_chars = batch_size, max_batch, max_chars
+        self.backend = backend
         self._model = None
 
     def load_context(self, context) -> None:
+        """Load `self.backend` (see `backends.load_encoder`); the ONNX backends read their graphs
+        from the artifact `onnx`, which registration logs from the variant's `exports/` folder."""
         folder = Path(context.artifacts[ENCODER_ARTIFACT])
-        self._model = load_sentence_transformer(folder, device="auto")
+        onnx_dir = context.artifacts.get(ONNX_ARTIFACT)
+        if self.backend != "torch" and onnx_dir is None:
+            raise MlflowException(
+                f"backend {self.backend!r} needs the ONNX export, but this model has no artifact "
+                f"{ONNX_ARTIFACT!r}: register the version again with its export "
+                f"(`dvc repro export@<variant> register@<variant>`), or set serve.backend: torch"
+            )
+        self._model = load_encoder(folder, self.backend, onnx_dir=onnx_dir)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+        sentences = check_sentences(_as_values(model_input), self.max_batch, self.max_chars)
+        batch = _batch_size(params, self.batch_size)
         if self._model is None:  # predict before load_context: only when misused directly
             self.load_context(context)
-        sentences = _as_sentences(model_input)
-        batch = int((params or {}).get("batch_size", self.batch_size))
-        return encode(self._model, sentences, batch_size=batch)
+        return self._model.encode(sentences, batch_size=batch)
 
 
-def signature(dim: int):
-    """Input: strings (a list, or a one-column DataFrame); output: a float32 tensor (-1, dim)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
-
+def signature(dim: int, batch_size: int = _DEFAULTS.batch_size):
+    """Input: one unnamed column of type `any` (a list of sentences, or a one-column DataFrame),
+    so that nulls and numbers reach `predict` unconverted and are refused there (see the module
+    docstring); output: a float32 tensor (-1, dim); param `batch_size` (default: `batch_size`)."""
     return ModelSignature(
-        inputs=Schema([ColSpec(DataType.string)]),
+        inputs=Schema([ColSpec(AnyType())]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
-        params=ParamSchema([ParamSpec("batch_size", DataType.long, 64)]),
+        params=ParamSchema([ParamSpec("batch_size", DataType.long, batch_size)]),
     )
 
 
 def pip_requirements() -> list[str]:
     """Pinned to what is installed here, so that pyfunc does not run its slow requirement
     inference (which loads the model in a subprocess)."""
-    from importlib.metadata import version
-
     pkgs = ("mlflow", "torch", "transformers", "sentence-transformers", "numpy", "pandas")
     return [f"{p}=={version(p)}" for p in pkgs]

@@ -24,6 +24,7 @@ from simcse_ops.tracking import configure, retry
 
 CACHE_ENV = "SIMCSE_OPS_CACHE"
 ENCODER_ARTIFACT = "encoder"  # the pyfunc artifact holding the sentence-transformers folder
+ONNX_ARTIFACT = "onnx"  # the pyfunc artifact holding backends.export_onnx's folder (optional)
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

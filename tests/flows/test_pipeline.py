@@ -27,13 +27,15 @@ from tests.registry_support import write_domain
 
 
 def chain_graph(*variants: str) -> dict[str, set[str]]:
-    """The shape of the project's DAG: register@V also needs evaluate@base (the reference)."""
+    """The shape of the project's DAG: register@V also needs evaluate@base (the reference); the
+    ONNX export feeds evaluate@V (backend parity) and register@V (the pyfunc's artifact)."""
     g = {"ingest": set(), "dedup": {"ingest"}, "validate": {"dedup", "ingest"}}
     for v in variants:
         g[f"train@{v}"] = {"dedup", "validate"}
-        g[f"evaluate@{v}"] = {"ingest", f"train@{v}"}
+        g[f"export@{v}"] = {f"train@{v}"}
+        g[f"evaluate@{v}"] = {"ingest", f"train@{v}", f"export@{v}"}
         g[f"bias@{v}"] = {"ingest", f"train@{v}"}
-        g[f"register@{v}"] = {f"train@{v}", f"evaluate@{v}", f"bias@{v}", "evaluate@base"}
+        g[f"register@{v}"] = {f"train@{v}", f"export@{v}", f"evaluate@{v}", f"bias@{v}", "evaluate@base"}
     return g
 
 
@@ -41,8 +43,8 @@ def test_plan_runs_shared_stages_then_variant_by_variant():
     g = chain_graph("base", "a")
     assert plan_stages(g, ["base", "a"], ["base", "a"]) == [
         "ingest", "dedup", "validate",
-        "train@base", "evaluate@base", "bias@base", "register@base",
-        "train@a", "evaluate@a", "bias@a", "register@a",
+        "train@base", "export@base", "evaluate@base", "bias@base", "register@base",
+        "train@a", "export@a", "evaluate@a", "bias@a", "register@a",
     ]
 
 
@@ -50,11 +52,11 @@ def test_plan_adds_what_dvc_says_is_upstream():
     g = chain_graph("base", "a", "b")
     assert plan_stages(g, ["b"], ["base", "a", "b"]) == [
         "ingest", "dedup", "validate",
-        "train@base", "evaluate@base",  # register@b compares with base
-        "train@b", "evaluate@b", "bias@b", "register@b",
+        "train@base", "export@base", "evaluate@base",  # register@b compares with base
+        "train@b", "export@b", "evaluate@b", "bias@b", "register@b",
     ]
     del g["register@a"]  # a foreach over a subset of the variants: a's chain is shorter
-    assert plan_stages(g, ["a"], ["base", "a", "b"])[-3:] == ["train@a", "evaluate@a", "bias@a"]
+    assert plan_stages(g, ["a"], ["base", "a", "b"])[-4:] == ["train@a", "export@a", "evaluate@a", "bias@a"]
 
 
 def test_plan_fails_on_a_missing_shared_stage_variant_or_a_cycle():

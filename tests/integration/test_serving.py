@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -64,23 +65,20 @@ def test_pyfunc_loads_the_champion(registered):
     np.testing.assert_allclose(from_df, emb, rtol=1e-5, atol=1e-5)
 
 
-def test_mlflow_models_serve_answers_invocations(registered, tmp_path):
+@pytest.fixture(scope="module")
+def server(registered, tmp_path_factory):
+    """`mlflow models serve` of simcse-base@champion (started once for the module): its port."""
     uri, root = registered
-    port = free_port()
-    log = tmp_path / "serve.log"
+    port, folder = free_port(), tmp_path_factory.mktemp("serve")
+    log = folder / "serve.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/simcse-base@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, cwd=tmp_path)
+                            start_new_session=True, cwd=folder)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", 300, proc, log)
-        body = json.dumps({"inputs": [*PARAPHRASES, UNRELATED]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            out = json.loads(r.read())
-        _check_ordering(np.asarray(out["predictions"], dtype=np.float32))
+        yield port
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -89,3 +87,44 @@ def test_mlflow_models_serve_answers_invocations(registered, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of POST /invocations; an error status is returned, not raised."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_mlflow_models_serve_answers_invocations(server):
+    status, out = _post(server, json.dumps({"inputs": [*PARAPHRASES, UNRELATED]}).encode())
+    assert status == 200
+    _check_ordering(np.asarray(out["predictions"], dtype=np.float32))
+
+
+# Each bad request and a phrase its 400 message must contain (limits: params.yaml `serve`,
+# 256 sentences and 2000 characters).
+BAD_REQUESTS = {
+    "malformed JSON": (b'{"inputs": ["a",', "valid JSON"),
+    "empty list": (b'{"inputs": []}', "only has 0 inputs"),
+    "null item": (b'{"inputs": ["a", null]}', "item 1 is null"),
+    "number item": (b'{"inputs": ["a", 3]}', "item 1 is int 3"),
+    "null cell": (b'{"dataframe_split": {"columns": ["sentence"], "data": [["a"], [null]]}}', "item 1 is null"),
+    "instances number": (b'{"instances": ["a", 2.5]}', "item 1 is float 2.5"),
+    "too many sentences": (json.dumps({"inputs": ["a"] * 257}).encode(), "too many sentences: 257"),
+    "too long": (json.dumps({"inputs": ["a", "x" * 2001]}).encode(), "item 1 has 2001 characters"),
+    "batch_size 0": (b'{"inputs": ["a"], "params": {"batch_size": 0}}', "params.batch_size must be"),
+}
+
+
+def test_bad_requests_get_400_naming_the_problem_and_the_server_goes_on(server):
+    for name, (body, phrase) in BAD_REQUESTS.items():
+        status, out = _post(server, body)
+        assert status == 400, (name, status, out)
+        assert phrase in out["message"], (name, out["message"][-500:])
+    status, out = _post(server, json.dumps({"inputs": PARAPHRASES}).encode())
+    assert status == 200 and np.asarray(out["predictions"]).shape == (2, 384)

@@ -1,0 +1,411 @@
+"""Inference backends for a sentence encoder: torch, ONNX (fp32) and ONNX int8, with equal outputs.
+
+`export_onnx(model_dir, out_dir)` exports the Hugging Face transformer inside a
+sentence-transformers folder with `torch.onnx.export` (graph inputs `input_ids`, `attention_mask`
+and, when the model takes it, `token_type_ids`, with dynamic batch and sequence axes; output the
+token embeddings `last_hidden_state`) to `out_dir/model.onnx`, quantises its weight matrices to
+int8 with onnxruntime's dynamic quantisation into `out_dir/model_int8.onnx`, and records the
+settings and library versions in `out_dir/backend.json`. The tokenizer, the pooling and the
+normalisation stay in `model_dir`: `OnnxEncoder` reads them from there, so `out_dir` holds only
+what the export made.
+
+`OnnxEncoder` reproduces `encoder.encode(load_sentence_transformer(model_dir), ...)`: the same
+tokenizer at the model's own maximum length (not the 32 tokens SimCSE trains at), batches of
+sentences sorted by length as sentence-transformers sorts them, then, from the token embeddings
+h_1..h_T of a sentence and its attention mask m_1..m_T (1 for a real token, 0 for padding), the
+pooling of the folder's Pooling module:
+
+    mean                  e = sum_t m_t h_t / max(sum_t m_t, 1e-9)
+    mean_sqrt_len_tokens  e = sum_t m_t h_t / sqrt(max(sum_t m_t, 1e-9))
+    cls                   e = h_f, f the first t with m_t = 1 (position 0 with right padding)
+    max                   e_d = max over {t : m_t = 1} of h_t,d
+
+(several modes are concatenated in the Pooling module's order), and, only when the folder lists a
+Normalize module, e <- e / max(||e||_2, 1e-12). A plain Hugging Face folder (no modules.json) gets
+mean pooling and no normalisation, as sentence-transformers gives it.
+
+`load_encoder(model_dir, backend)` returns any of the three behind one `.encode(sentences,
+batch_size)`, and `parity(a, b)` measures how far two backends' embeddings are apart (per-sentence
+cosine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.files import atomic_path
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+SETTINGS_FILE = "backend.json"
+OPSET = 17
+OUTPUT_NAME = "last_hidden_state"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # graph input order
+SUPPORTED_POOLING = ("mean", "mean_sqrt_len_tokens", "cls", "max")
+# Legacy pooling config keys, in the order sentence-transformers concatenates their outputs.
+_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The sentence-transformers folder
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """What a sentence-transformers folder does around its transformer."""
+
+    transformer_dir: Path
+    pooling: tuple[str, ...]
+    normalize: bool
+    max_seq_length: int | None  # None: the tokenizer's, capped at max_position_embeddings
+    do_lower_case: bool
+
+
+def _module_kind(entry: dict) -> str:
+    return str(entry.get("type", "")).rsplit(".", 1)[-1]
+
+
+def _pooling_modes(config: dict) -> tuple[str, ...]:
+    mode = config.get("pooling_mode")
+    if mode is None:
+        modes = tuple(m for key, m in _LEGACY_POOLING.items() if config.get(key))
+        return modes or ("mean",)
+    return (mode,) if isinstance(mode, str) else tuple(mode)
+
+
+def read_pipeline(model_dir: Path | str) -> Pipeline:
+    """Read modules.json (Transformer, Pooling, optional Normalize) of a local model folder."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() and not (model_dir / "modules.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir}: not a model folder (no modules.json or config.json); train or export the "
+            f"model first (e.g. `dvc repro train@<variant>`) or pass a saved model folder"
+        )
+    if not (model_dir / "modules.json").is_file():  # a plain Hugging Face encoder
+        return Pipeline(model_dir, ("mean",), False, None, False)
+    modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+    kinds = [_module_kind(m) for m in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+        raise ValueError(
+            f"{model_dir}: modules {kinds} are not supported by the ONNX backends (they need "
+            f"Transformer, Pooling and optionally Normalize); use backend 'torch'"
+        )
+    t_dir = model_dir / modules[0].get("path", "")
+    t_cfg_path = t_dir / "sentence_bert_config.json"
+    t_cfg = json.loads(t_cfg_path.read_text(encoding="utf-8")) if t_cfg_path.is_file() else {}
+    p_cfg = json.loads((model_dir / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+    pooling = _pooling_modes(p_cfg)
+    unsupported = [m for m in pooling if m not in SUPPORTED_POOLING]
+    if unsupported:
+        raise ValueError(
+            f"{model_dir}: pooling mode(s) {unsupported} are not supported by the ONNX backends "
+            f"(supported: {', '.join(SUPPORTED_POOLING)}); use backend 'torch'"
+        )
+    return Pipeline(t_dir, pooling, "Normalize" in kinds, t_cfg.get("max_seq_length"),
+                    bool(t_cfg.get("do_lower_case", False)))
+
+
+def load_tokenizer(pipeline: Pipeline):
+    """The tokenizer sentence-transformers' Transformer module builds, at the same max length."""
+    from transformers import AutoConfig, AutoTokenizer  # lazy: transformers takes seconds to import
+
+    kwargs = {} if pipeline.max_seq_length is None else {"model_max_length": pipeline.max_seq_length}
+    tokenizer = AutoTokenizer.from_pretrained(str(pipeline.transformer_dir), **kwargs)
+    if pipeline.max_seq_length is None:
+        limit = getattr(AutoConfig.from_pretrained(str(pipeline.transformer_dir)), "max_position_embeddings", -1)
+        if limit not in (None, -1):
+            tokenizer.model_max_length = min(tokenizer.model_max_length, limit)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling (numpy), the formulas of the module docstring
+
+
+def pool(token_embeddings: np.ndarray, attention_mask: np.ndarray, modes: tuple[str, ...]) -> np.ndarray:
+    """(B, T, D) token embeddings and (B, T) mask -> (B, D * len(modes)) sentence embeddings."""
+    h = token_embeddings.astype(np.float32, copy=False)
+    mask = attention_mask.astype(np.float32)[:, :, None]
+    out = []
+    for mode in modes:
+        if mode in ("mean", "mean_sqrt_len_tokens"):
+            count = np.maximum(mask.sum(axis=1), 1e-9)
+            out.append((h * mask).sum(axis=1) / (count if mode == "mean" else np.sqrt(count)))
+        elif mode == "cls":
+            first = attention_mask.argmax(axis=1)
+            out.append(h[np.arange(h.shape[0]), first])
+        elif mode == "max":
+            out.append(np.where(mask > 0, h, -np.inf).max(axis=1))
+        else:
+            raise ValueError(f"pooling mode {mode!r} is not supported (supported: {', '.join(SUPPORTED_POOLING)})")
+    return np.concatenate(out, axis=-1).astype(np.float32)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """x / max(||x||_2, 1e-12) per row, as torch.nn.functional.normalize."""
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Settings:
+    """Arguments of `onnxruntime.quantization.quantize_dynamic`, and which MatMuls stay fp32.
+
+    The default was chosen by measured per-sentence cosine to the torch model (all-MiniLM-L6-v2,
+    300 STS-B sentences of every length), min (mean): per-tensor int8 of every MatMul 0.885
+    (0.962); per-channel 0.981 (0.993), 0.968 with reduce_range; per-channel with the
+    feed-forward MatMuls in fp32 0.995 (0.998), also with the embedding tables (Gather) in int8,
+    which halves the file (44 MB against 90 MB). Keeping only the first or only the second
+    feed-forward MatMul in fp32 gives 0.989 or 0.986; only the first and last layers, 0.985.
+    The feed-forward MatMuls are recognised by their non-square weight (hidden <-> intermediate
+    size), whatever the architecture names them. Dynamic quantisation also quantises each
+    MatMul's input, per tensor, at run time.
+    """
+
+    per_channel: bool = True
+    reduce_range: bool = False
+    weight_type: str = "QInt8"
+    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    keep_ffn_fp32: bool = True
+
+    def as_json(self) -> dict:
+        return {**dataclasses.asdict(self), "op_types": list(self.op_types)}
+
+
+INT8_SETTINGS = Int8Settings()
+
+
+def _token_embeddings_module(model, names: list[str]):
+    """A torch module: positional graph inputs `names` -> `last_hidden_state` of the HF `model`."""
+    import torch  # lazy: only the export needs torch
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs))).last_hidden_state
+
+    return TokenEmbeddings().eval()
+
+
+def _graph_inputs(model, tokenizer) -> list[str]:
+    params = inspect.signature(model.forward).parameters
+    return [n for n in INPUT_NAMES if n in params and n in tokenizer.model_input_names]
+
+
+def export_fp32(pipeline: Pipeline, path: Path) -> dict:
+    """torch.onnx.export of the transformer -> `path`; returns what backend.json records."""
+    import warnings
+
+    import torch  # lazy: torch takes seconds to import and only the export needs it
+    from transformers import AutoModel
+
+    # Eager attention: the plain MatMul/Softmax graph, which onnxruntime fuses; the same maths as
+    # the sdpa kernel sentence-transformers runs in torch.
+    model = AutoModel.from_pretrained(str(pipeline.transformer_dir), attn_implementation="eager").eval()
+    tokenizer = load_tokenizer(pipeline)
+    names = _graph_inputs(model, tokenizer)
+    # Two sentences of different length: the traced graph must see padding, so that no
+    # "mask is all ones" shortcut of the attention-mask code is baked into it.
+    batch = tokenizer(["a short one", "a somewhat longer sentence to pad the first"], padding=True,
+                      return_tensors="pt")
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, OUTPUT_NAME]}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter (dynamo=False) is deprecated since torch 2.9, but the dynamo one
+        # needs onnxscript, which is not a dependency. The tracer warns about masking_utils'
+        # `kv_length - mask length > 0`, a shape check that is always false for an encoder.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
+        torch.onnx.export(
+            _token_embeddings_module(model, names), tuple(batch[n] for n in names), str(path),
+            input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    return {"inputs": names, "output": OUTPUT_NAME, "opset": OPSET,
+            "architecture": type(model).__name__, "max_seq_length": int(tokenizer.model_max_length)}
+
+
+def ffn_matmuls(fp32_path: Path) -> list[str]:
+    """Names of the MatMul nodes whose constant weight is a non-square matrix (feed-forward)."""
+    import onnx  # lazy: only the export needs onnx
+
+    graph = onnx.load(str(fp32_path)).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    return [
+        n.name for n in graph.node
+        if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2 and len(set(shapes[n.input[1]])) == 2
+    ]
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, settings: Int8Settings = INT8_SETTINGS) -> dict:
+    """Dynamic int8 quantisation of `fp32_path` -> `out_path`; returns what backend.json records."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: export only
+
+    excluded = ffn_matmuls(fp32_path) if settings.keep_ffn_fp32 else []
+    # onnxruntime logs "consider to run pre-processing": quant_pre_process was tried; its symbolic
+    # shape inference fails on this graph and, without it, the cosines were the same.
+    quantize_dynamic(
+        str(fp32_path), str(out_path),
+        op_types_to_quantize=list(settings.op_types),
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        weight_type=getattr(QuantType, settings.weight_type),
+        nodes_to_exclude=excluded,
+    )
+    return {**settings.as_json(), "excluded_nodes": excluded}
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__}
+
+
+def export_onnx(model_dir: Path | str, out_dir: Path | str, int8: Int8Settings = INT8_SETTINGS) -> dict[str, Path]:
+    """Export `model_dir` to `out_dir/{model.onnx, model_int8.onnx, backend.json}`, atomically.
+
+    Returns {"onnx": ..., "onnx-int8": ..., "settings": ...}. On any error `out_dir` is left as it
+    was (absent, or the previous export).
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"{model_dir}: no such model folder; train the variant first (`dvc repro train@<variant>`) "
+            f"or save the model there"
+        )
+    pipeline = read_pipeline(model_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        start = time.perf_counter()
+        graph = export_fp32(pipeline, tmp / ONNX_FILE)
+        exported = time.perf_counter()
+        quant = quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, int8)
+        info = {
+            "model_dir": str(model_dir), **graph, "pooling": list(pipeline.pooling),
+            "normalize": pipeline.normalize, "int8": quant, "versions": _versions(),
+            "seconds": {"export": round(exported - start, 2), "quantize": round(time.perf_counter() - exported, 2)},
+            "bytes": {ONNX_FILE: (tmp / ONNX_FILE).stat().st_size, INT8_FILE: (tmp / INT8_FILE).stat().st_size},
+        }
+        (tmp / SETTINGS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return {"onnx": out_dir / ONNX_FILE, "onnx-int8": out_dir / INT8_FILE, "settings": out_dir / SETTINGS_FILE}
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders
+
+
+class OnnxEncoder:
+    """Sentence embeddings from an exported graph, equal to the torch model's (see module doc)."""
+
+    def __init__(self, model_dir: Path | str, onnx_path: Path | str, threads: int | None = None):
+        import onnxruntime as ort  # lazy: only the ONNX backends need it
+
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise FileNotFoundError(
+                f"{onnx_path}: no ONNX graph; export it first with "
+                f"simcse_ops.backends.export_onnx({str(model_dir)!r}, {str(onnx_path.parent)!r})"
+            )
+        self.pipeline = read_pipeline(model_dir)
+        self.tokenizer = load_tokenizer(self.pipeline)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.max_seq_length = int(self.tokenizer.model_max_length)
+
+    def _embed(self, batch: list[str]) -> np.ndarray:
+        if self.pipeline.do_lower_case:
+            batch = [s.lower() for s in batch]
+        enc = self.tokenizer(batch, padding=True, truncation="longest_first", return_tensors="np")
+        feeds = {n: np.asarray(enc[n], dtype=np.int64) for n in self.input_names}
+        (tokens,) = self.session.run([OUTPUT_NAME], feeds)
+        emb = pool(tokens, enc["attention_mask"], self.pipeline.pooling)
+        return l2_normalize(emb) if self.pipeline.normalize else emb
+
+    def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
+        """Embed `sentences` -> float32 array (N, D), in the order given."""
+        sentences = list(sentences)
+        if not sentences:
+            dim = self.session.get_outputs()[0].shape[-1]
+            return np.zeros((0, (dim if isinstance(dim, int) else 0) * len(self.pipeline.pooling)), np.float32)
+        # Longest first, as sentence-transformers batches: little padding per batch.
+        order = np.argsort([-len(s) for s in sentences], kind="stable")
+        parts = [self._embed([sentences[i] for i in order[k:k + batch_size]])
+                 for k in range(0, len(order), batch_size)]
+        out = np.empty((len(sentences), parts[0].shape[1]), dtype=np.float32)
+        out[order] = np.concatenate(parts)
+        return out
+
+
+class TorchEncoder:
+    """The torch model (`encoder.load_sentence_transformer` + `encoder.encode`) as a backend.
+
+    `threads` sets torch's process-wide intra-op thread count.
+    """
+
+    def __init__(self, model_dir: Path | str, threads: int | None = None, device: str = "auto"):
+        if threads is not None:
+            import torch  # lazy: loading the model imports it anyway
+
+            torch.set_num_threads(threads)
+        self.model = load_sentence_transformer(model_dir, device=device)
+        self.max_seq_length = int(self.model.max_seq_length)
+
+    def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
+        return encode(self.model, sentences, batch_size)
+
+
+def load_encoder(
+    model_dir: Path | str, backend: str, onnx_dir: Path | str | None = None, threads: int | None = None
+) -> TorchEncoder | OnnxEncoder:
+    """An encoder with `.encode(sentences, batch_size)` for `backend` (one of BACKENDS).
+
+    `model_dir` may be anything `encoder.resolve_model` accepts (a folder, `default`, a models:/
+    URI); the ONNX graphs are read from `onnx_dir` (default `<model_dir>/onnx`).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return TorchEncoder(model_dir, threads=threads)
+    local = Path(resolve_model(os.fspath(model_dir)))
+    onnx_dir = Path(onnx_dir) if onnx_dir is not None else local / "onnx"
+    return OnnxEncoder(local, onnx_dir / (ONNX_FILE if backend == "onnx" else INT8_FILE), threads=threads)
+
+
+def parity(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-sentence cosine between two (N, D) embedding arrays: min, mean, p01 (1st percentile), n."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"parity needs two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
+    if len(a) == 0:
+        raise ValueError("parity of zero sentences is undefined")
+    cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"min": float(cos.min()), "mean": float(cos.mean()), "p01": float(np.percentile(cos, 1)), "n": len(cos)}

@@ -1,0 +1,48 @@
+"""The evaluate@<variant> stage: sts.json keeps its torch fields and adds `backends` (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from stages import evaluate as stage
+from tests.test_backend_eval import sts_pairs, write_sts_data
+
+
+def _params(tmp_path, params) -> str:
+    raw = yaml.safe_load(params.path.read_text())
+    raw["data"]["root"] = str(params.data_root)
+    raw["evaluate"]["tasks"] = {"stsb": {"source": "stsb", "split": "test"},
+                                "sickr": {"source": "sick", "split": "test"}}
+    raw["evaluate"]["device"] = "cpu"
+    raw["serve"]["int8_max_drop"] = 0.3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_backends_are_added_after_unchanged_torch_fields(tmp_path, params, tiny_model_dir, tiny_export_dir, capsys):
+    data = tmp_path / "ingested"
+    write_sts_data(data, {"stsb": sts_pairs(40, 3), "sickr": sts_pairs(50, 4)})
+    p = _params(tmp_path, params)
+    args = ["--variant", "unsup-wiki", "--params", p, "--data", str(data), "--model", str(tiny_model_dir)]
+    stage.main([*args, "--out", str(tmp_path / "torch")])
+    stage.main([*args, "--out", str(tmp_path / "all"), "--exports", str(tiny_export_dir)])
+    plain = json.loads((tmp_path / "torch" / "sts.json").read_text())
+    full = json.loads((tmp_path / "all" / "sts.json").read_text())
+
+    assert "backends" not in plain and list(full) == [*plain, "backends"]
+    for key in plain:
+        if key != "timing":
+            assert full[key] == plain[key], key
+    assert (tmp_path / "all" / "sts_tasks.csv").read_text() == (tmp_path / "torch" / "sts_tasks.csv").read_text()
+    b = full["backends"]
+    assert list(b) == ["torch", "onnx", "onnx-int8"]
+    assert b["torch"] == {"tasks": {"stsb": plain["stsb"], "sickr": plain["sickr"]}, "avg": plain["avg"]}
+    assert set(b["onnx"]) == {"tasks", "avg", "parity", "encode_s"}
+    assert set(b["onnx"]["parity"]) == {"min", "mean", "p01", "n"}
+    assert set(b["onnx-int8"]) == {"tasks", "avg", "parity", "encode_s", "offered", "drop", "max_drop", "reason"}
+    assert b["onnx-int8"]["max_drop"] == 0.3
+    out = capsys.readouterr().out
+    assert "evaluate@unsup-wiki: onnx avg" in out and "offered:" in out

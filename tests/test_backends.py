@@ -1,0 +1,269 @@
+"""simcse_ops.backends: ONNX export, ONNX encoders equal to the torch model, backend selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simcse_ops import backends
+from simcse_ops.backends import (
+    BACKENDS,
+    INT8_FILE,
+    ONNX_FILE,
+    SETTINGS_FILE,
+    OnnxEncoder,
+    export_onnx,
+    load_encoder,
+    parity,
+)
+from simcse_ops.encoder import default_model_path, encode, load_sentence_transformer
+from simcse_ops.readers import read_source
+
+# Mixed lengths, one past the tiny model's 128-token limit (truncation), one word, duplicates.
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.",
+    "word " * 200,
+    "A man is playing a guitar.",
+    "Stocks fell sharply on Monday after the central bank raised interest rates again.",
+    "ok",
+    "Two dogs run through a field of tall grass near the river on a sunny afternoon.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared: keep each test on one core
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-onnx") / "onnx"
+    export_onnx(tiny_model_dir, out)
+    return out
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return parity(a, b)["min"]
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def test_export_writes_two_graphs_and_their_settings(tiny_model_dir, tiny_onnx):
+    import onnx
+    import onnxruntime
+    import torch
+
+    assert sorted(p.name for p in tiny_onnx.iterdir()) == sorted([ONNX_FILE, INT8_FILE, SETTINGS_FILE])
+    info = json.loads((tiny_onnx / SETTINGS_FILE).read_text())
+    assert info["opset"] == backends.OPSET
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["onnx"] == onnx.__version__
+    assert info["versions"]["onnxruntime"] == onnxruntime.__version__
+    assert info["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]  # BERT takes all three
+    assert info["max_seq_length"] == 128  # the model's own limit, not SimCSE's 32
+    # 2 layers x (intermediate, output) feed-forward MatMuls stay fp32; everything else is int8
+    assert len(info["int8"]["excluded_nodes"]) == 4
+    assert info["int8"]["per_channel"] is True
+
+    graph = onnx.load(str(tiny_onnx / ONNX_FILE)).graph
+    assert [i.name for i in graph.input] == info["inputs"]
+    assert [o.name for o in graph.output] == ["last_hidden_state"]
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param and dims[1].dim_param, f"{value.name}: batch and sequence must be dynamic"
+    q_ops = {n.op_type for n in onnx.load(str(tiny_onnx / INT8_FILE)).graph.node}
+    assert "MatMulInteger" in q_ops or "DynamicQuantizeMatMul" in q_ops
+
+
+def test_export_of_a_missing_folder_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.*dvc repro train"):
+        export_onnx(tmp_path / "nope", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_export_leaves_no_out_dir(tiny_model_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantisation failed")
+
+    monkeypatch.setattr(backends, "quantize_int8", broken)
+    out = tmp_path / "onnx"
+    with pytest.raises(RuntimeError, match="quantisation failed"):
+        export_onnx(tiny_model_dir, out)
+    assert list(tmp_path.iterdir()) == []  # neither out_dir nor a half-written temporary folder
+
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    with pytest.raises(RuntimeError):
+        export_onnx(tiny_model_dir, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders equal to torch
+
+
+def test_onnx_matches_torch_with_mean_pooling(tiny_model_dir, tiny_onnx):
+    """A plain HF folder: mean pooling, not normalised, sentences past max length truncated."""
+    torch_emb = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES, batch_size=3)
+    onnx_emb = OnnxEncoder(tiny_model_dir, tiny_onnx / ONNX_FILE, threads=1).encode(SENTENCES, batch_size=3)
+    assert onnx_emb.dtype == np.float32 and onnx_emb.shape == torch_emb.shape == (len(SENTENCES), 32)
+    assert _min_cosine(torch_emb, onnx_emb) >= 0.9999
+    # not normalised, as torch: the vectors themselves agree, not only their directions
+    np.testing.assert_allclose(onnx_emb, torch_emb, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(onnx_emb, axis=1), 1.0)
+
+
+def test_onnx_keeps_the_input_order(tiny_model_dir, tiny_onnx):
+    enc = OnnxEncoder(tiny_model_dir, tiny_onnx / ONNX_FILE, threads=1)
+    emb = enc.encode(SENTENCES, batch_size=2)
+    perm = [5, 0, 7, 3, 1, 6, 2, 4]
+    np.testing.assert_allclose(enc.encode([SENTENCES[i] for i in perm], batch_size=2), emb[perm], atol=1e-5)
+    np.testing.assert_array_equal(emb[0], emb[4])  # duplicates land in the same batch
+
+
+def test_onnx_int8_stays_close_to_torch(tiny_model_dir, tiny_onnx):
+    torch_emb = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES)
+    int8_emb = load_encoder(tiny_model_dir, "onnx-int8", onnx_dir=tiny_onnx, threads=1).encode(SENTENCES)
+    assert parity(torch_emb, int8_emb)["mean"] >= 0.99
+
+
+@pytest.fixture(scope="module")
+def cls_normalize_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT saved as a sentence-transformers folder with CLS pooling and Normalize."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    out = tmp_path_factory.mktemp("tiny-st") / "model"
+    transformer = Transformer(str(tiny_model_dir))
+    SentenceTransformer(modules=[transformer, Pooling(32, pooling_mode="cls"), Normalize()]).save(str(out))
+    return out
+
+
+def test_onnx_matches_torch_with_cls_pooling_and_normalize(cls_normalize_dir):
+    onnx_dir = export_onnx(cls_normalize_dir, cls_normalize_dir / "onnx")["onnx"].parent
+    torch_emb = load_encoder(cls_normalize_dir, "torch").encode(SENTENCES, batch_size=4)
+    onnx_emb = load_encoder(cls_normalize_dir, "onnx", threads=1).encode(SENTENCES, batch_size=4)  # default onnx_dir
+    assert onnx_dir == cls_normalize_dir / "onnx"
+    assert _min_cosine(torch_emb, onnx_emb) >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(onnx_emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(onnx_emb, torch_emb, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mean", "mean_sqrt_len_tokens", "cls", "max"])
+def test_numpy_pooling_equals_sentence_transformers_pooling(mode):
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    features = {"token_embeddings": torch.from_numpy(h), "attention_mask": torch.from_numpy(mask)}
+    expected = Pooling(4, pooling_mode=mode)(features)["sentence_embedding"].numpy()
+    np.testing.assert_allclose(backends.pool(h, mask, (mode,)), expected, rtol=1e-6, atol=1e-6)
+
+
+def _write_st_folder(path: Path, pooling_config: dict, extra_modules=()) -> Path:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        *extra_modules,
+    ]
+    (path / "1_Pooling").mkdir(parents=True)
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    return path
+
+
+def test_pipeline_reads_legacy_and_new_pooling_configs(tmp_path):
+    legacy = _write_st_folder(tmp_path / "a", {"word_embedding_dimension": 4, "pooling_mode_cls_token": True,
+                                              "pooling_mode_mean_tokens": True})
+    assert backends.read_pipeline(legacy).pooling == ("cls", "mean")  # concatenated in this order
+    normalized = _write_st_folder(tmp_path / "b", {"embedding_dimension": 4, "pooling_mode": "max"},
+                                  [{"idx": 2, "name": "2", "path": "2_Normalize",
+                                    "type": "sentence_transformers.models.Normalize"}])
+    p = backends.read_pipeline(normalized)
+    assert (p.pooling, p.normalize) == (("max",), True)
+
+
+def test_unsupported_pooling_or_module_is_a_clear_error(tmp_path):
+    weighted = _write_st_folder(tmp_path / "a", {"embedding_dimension": 4, "pooling_mode": "weightedmean"})
+    with pytest.raises(ValueError, match=r"weightedmean.*supported: mean.*use backend 'torch'"):
+        backends.read_pipeline(weighted)
+    dense = _write_st_folder(tmp_path / "b", {"embedding_dimension": 4, "pooling_mode": "mean"},
+                             [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}])
+    with pytest.raises(ValueError, match=r"Dense.*use backend 'torch'"):
+        backends.read_pipeline(dense)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend selection and parity
+
+
+def test_unknown_backend_lists_the_known_ones(tiny_model_dir):
+    with pytest.raises(ValueError, match=r"'tensorrt'.*torch, onnx, onnx-int8"):
+        load_encoder(tiny_model_dir, "tensorrt")
+    assert BACKENDS == ("torch", "onnx", "onnx-int8")
+
+
+def test_onnx_backend_without_an_export_says_how_to_make_one(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model_int8\.onnx.*export_onnx"):
+        load_encoder(tiny_model_dir, "onnx-int8", onnx_dir=tmp_path)
+
+
+def test_torch_backend_is_encoder_encode(tiny_model_dir):
+    expected = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES, batch_size=4)
+    got = load_encoder(tiny_model_dir, "torch").encode(SENTENCES, batch_size=4)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_empty_input_gives_an_empty_matrix(tiny_model_dir, tiny_onnx):
+    emb = OnnxEncoder(tiny_model_dir, tiny_onnx / ONNX_FILE).encode([])
+    assert emb.shape == (0, 32) and emb.dtype == np.float32
+
+
+def test_parity_is_per_sentence_cosine():
+    a = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    b = np.array([[2.0, 0.0], [1.0, 0.0], [3.0, 3.0]])
+    r = parity(a, b)
+    assert (r["min"], r["n"]) == (0.0, 3)
+    assert r["mean"] == pytest.approx(2 / 3)
+    assert r["p01"] == pytest.approx(0.02)  # 1st percentile between 0 and 1 (linear interpolation)
+    with pytest.raises(ValueError, match="shape"):
+        parity(a, b[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# The real default encoder on real sentences
+
+
+@pytest.mark.slow
+def test_default_encoder_backends_agree_on_sts_sentences(params, data_root, tmp_path):
+    """all-MiniLM-L6-v2 on 300 STS-B sentences spread over every length: per-sentence cosine to
+    torch >= 0.9999 for ONNX fp32 and >= 0.99 for ONNX int8, for every sentence (the minimum)."""
+    table = read_source("stsb", params.sources["stsb"], data_root)
+    pool = sorted(set(table.column("sentence1").to_pylist() + table.column("sentence2").to_pylist()),
+                  key=lambda s: (len(s), s))
+    sentences = [pool[i] for i in np.linspace(0, len(pool) - 1, 300).round().astype(int)]
+    np.random.default_rng(0).shuffle(sentences)  # the encoders must restore the order they sort away
+    model_dir = default_model_path()
+
+    export_onnx(model_dir, tmp_path / "onnx")
+    torch_emb = load_encoder(model_dir, "torch", threads=1).encode(sentences)
+    fp32 = parity(torch_emb, load_encoder(model_dir, "onnx", tmp_path / "onnx", threads=1).encode(sentences))
+    int8 = parity(torch_emb, load_encoder(model_dir, "onnx-int8", tmp_path / "onnx", threads=1).encode(sentences))
+    assert fp32["min"] >= 0.9999, fp32
+    assert int8["min"] >= 0.99, int8
