@@ -96,23 +96,15 @@ def _cli_setup(args):
 
 def promote_cmd(args: argparse.Namespace) -> int:
     params, client = _cli_setup(args)
-    try:
-        base_dir = args.base_metrics or declared_base_metrics(args.params, params, args.variant)
-        promote(client, params, args.variant, base_metrics_dir=base_dir, version=args.version, force=args.force,
-                reason=args.reason)
-    except (RegistryError, tracking.TrackingUnavailable) as e:
-        print(f"simcse-ops promote: {e}", file=sys.stderr)
-        return 1
+    base_dir = args.base_metrics or declared_base_metrics(args.params, params, args.variant)
+    promote(client, params, args.variant, base_metrics_dir=base_dir, version=args.version, force=args.force,
+            reason=args.reason)
     return 0
 
 
 def rollback_cmd(args: argparse.Namespace) -> int:
     params, client = _cli_setup(args)
-    try:
-        rollback(client, params, args.variant, args.reason)
-    except (RegistryError, tracking.TrackingUnavailable) as e:
-        print(f"simcse-ops rollback: {e}", file=sys.stderr)
-        return 1
+    rollback(client, params, args.variant, args.reason)
     return 0
 
 
@@ -193,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         except FileNotFoundError as e:  # a path given on the command line: the user's to fix
             raise ConfigError(str(e)) from e
+        except (RegistryError, tracking.TrackingUnavailable) as e:  # refused, or no store: exit 1
+            print(f"simcse-ops {args.command}: {e}", file=sys.stderr)
+            return 1
 
     return run_main(command, prog=f"simcse-ops {args.command}")
 
