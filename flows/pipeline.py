@@ -1,15 +1,16 @@
 """Prefect flow `simcse-pipeline`: the DVC stages in order, one Prefect task per stage target.
 
     ingest -> dedup -> validate -> for each variant V: train@V -> export@V -> evaluate@V -> bias@V
-    -> register@V
+    -> register@V -> report
 
 Each task runs `dvc repro --single-item <target>`: DVC decides whether the stage is up to date
 (and skips it), runs its command otherwise, and records the result in `dvc.lock`. The flow only
 orders the stages, retries a failed one with exponential backoff, streams DVC's output into the
 task log, and publishes what a person wants to see afterwards as Prefect artifacts: a table of the
-seven STS tasks per variant (`sts.json` of `evaluate@V`) and the registry decision (`registry.json`
-of `register@V`) with a link to its MLflow run. Those files are found where dvc.yaml declares them
-(`simcse_ops.dvc_runner.stage_output`); no path is built here.
+seven STS tasks per variant (`sts.json` of `evaluate@V`), the registry decision (`registry.json`
+of `register@V`) with a link to its MLflow run, and a link to the run report (`reports/run/index.html`
+of the `report` stage, which runs last when dvc.yaml defines it). Those files are found where
+dvc.yaml declares them (`simcse_ops.dvc_runner.stage_output`); no path is built here.
 
 Only one flow at a time operates on a workspace (`simcse_ops.dvc_runner.workspace_lock`); the
 Prefect work pool's concurrency limit keeps queued runs from even starting (see flows/prefect.yaml).
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
@@ -42,10 +43,12 @@ from simcse_ops.dvc_runner import (
     stage_output,
     workspace_lock,
 )
+from simcse_ops.report import PAGE as REPORT_PAGE
 
 # Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
 SHARED_STAGES = ("ingest", "dedup", "validate")
 VARIANT_STAGES = ("train", "export", "evaluate", "bias", "register")
+REPORT_STAGE = "report"  # the run report, over every variant's metrics: last, when dvc.yaml has it
 
 
 def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
@@ -57,7 +60,8 @@ def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
     every stage upstream of a target is added (`register@biomed` needs `evaluate@base`), as
     `dvc repro` would. The order is topological; among stages that are ready together the shared
     stages come first, then variant by variant (in `variant_order`, params.yaml's order), each in
-    train, export, evaluate, bias, register order.
+    train, export, evaluate, bias, register order. The `report` stage, when the graph has it,
+    comes last, without its upstream stages: it reports every variant's metrics as they are.
     """
     missing = [s for s in SHARED_STAGES if s not in graph]
     if missing:
@@ -102,7 +106,7 @@ def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
         nxt = min(ready, key=rank)
         plan.append(nxt)
         done.add(nxt)
-    return plan
+    return plan + ([REPORT_STAGE] if REPORT_STAGE in graph and REPORT_STAGE not in plan else [])
 
 
 @task(name="dvc-repro", task_run_name="{target}", cache_policy=NO_CACHE, log_prints=False)
@@ -238,11 +242,25 @@ def registry_file(workspace: Path, variant: str) -> Path:
     return stage_output(workspace, f"register@{variant}", "registry.json")
 
 
+def report_page(workspace: Path) -> Path | None:
+    """The run report's page inside the folder the `report` stage declares as its output; None
+    when dvc.yaml has no such stage."""
+    files = load_stage_files(workspace)
+    if REPORT_STAGE not in files:
+        return None
+    outs = files[REPORT_STAGE].outs
+    if len(outs) != 1:
+        raise ConfigError(f"{workspace / 'dvc.yaml'}: stage {REPORT_STAGE!r} declares {len(outs)} outs "
+                          f"({', '.join(outs) or 'none'}); expected its one report folder")
+    return workspace / outs[0] / REPORT_PAGE
+
+
 def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], cfg: FlowsConfig,
                       key_prefix: str, reference: Sequence[str] = ()) -> None:
     """A table of the STS tasks for `variants` (and the `reference` variants, for comparison) and
-    one registry decision per variant. The files are those dvc.yaml declares for `evaluate@V`
-    (`sts.json`, `domain.json`) and `register@V` (`registry.json`)."""
+    one registry decision per variant, and a link to the run report when it exists. The files are
+    those dvc.yaml declares for `evaluate@V` (`sts.json`, `domain.json`), `register@V`
+    (`registry.json`) and `report` (its folder)."""
     logger = get_run_logger()
     tasks = list(params.evaluate.tasks)
     shown = [*variants, *(r for r in reference if r not in variants)]
@@ -282,6 +300,12 @@ def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], 
             key=artifact_key("registry", v),
             description=f"registry decision for {v} ({rel(registry)})",
         )
+    page = report_page(workspace)
+    if page is not None and page.is_file():
+        create_link_artifact(link=page.resolve().as_uri(), link_text=f"Run report ({rel(page)})",
+                             key=artifact_key(key_prefix, "report"),
+                             description="the run report: STS, domain, curves, SEAT and the gate per variant; "
+                                         "opens from disk")
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +314,8 @@ def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], 
 
 @flow(name="simcse-pipeline", log_prints=True)
 def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[str, str]:
-    """Run ingest, dedup, validate and every variant's train, evaluate, bias and register stage.
+    """Run ingest, dedup, validate, every variant's train, export, evaluate, bias and register stage, then
+    the run report.
 
     `variants`: the variants to run (default: all of params.yaml `variants`). `workspace`: the DVC
     project (default: the working directory the deployment's pull step sets).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prefect import flow
 
 from flows.pipeline import (
     artifact_key,
@@ -15,11 +16,13 @@ from flows.pipeline import (
     mlflow_run_url,
     pipeline,
     plan_stages,
+    publish_artifacts,
     registry_file,
     registry_markdown,
+    report_page,
     sts_rows,
 )
-from simcse_ops.config import ConfigError
+from simcse_ops.config import ConfigError, load_params
 from simcse_ops.dvc_runner import DvcError
 from tests.flows.conftest import flow_run_logs, read_artifact
 from tests.flows.fake_project import DOMAIN_TASK, TASKS, calls, make_fake_project
@@ -57,6 +60,14 @@ def test_plan_adds_what_dvc_says_is_upstream():
     ]
     del g["register@a"]  # a foreach over a subset of the variants: a's chain is shorter
     assert plan_stages(g, ["a"], ["base", "a", "b"])[-4:] == ["train@a", "export@a", "evaluate@a", "bias@a"]
+
+
+def test_the_report_runs_last_without_pulling_in_other_variants():
+    g = chain_graph("base", "a", "b")
+    g["report"] = {f"{s}@{v}" for v in ("base", "a", "b") for s in ("train", "evaluate", "bias", "register")}
+    plan = plan_stages(g, ["b"], ["base", "a", "b"])
+    assert plan[-2:] == ["register@b", "report"]
+    assert "register@a" not in plan and "register@base" not in plan
 
 
 def test_plan_fails_on_a_missing_shared_stage_variant_or_a_cycle():
@@ -183,3 +194,27 @@ def test_unknown_variant_fails_before_any_stage(prefect_server, project):
     with pytest.raises(ConfigError, match="no variant 'nope'; known: base, biomed, wiki"):
         pipeline(variants=["nope"], workspace=str(project))
     assert calls(project) == []
+
+
+def test_a_link_artifact_points_to_the_run_report(prefect_server, project):
+    """Where dvc.yaml puts the `report` stage's folder; published once the page exists."""
+    assert report_page(project) is None  # the stand-in project has no report stage (yet)
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text() + "  report:\n    cmd: python fake_stage.py report\n"
+                                               "    outs: [pages/run-report]\n")
+    page = report_page(project)
+    assert page == project / "pages" / "run-report" / "index.html"
+    params = load_params(project / "params.yaml")
+
+    @flow
+    def publish():
+        publish_artifacts(project, params, ["biomed"], params.flows, key_prefix="t")
+
+    publish()
+    assert read_artifact("t-report") is None  # not written yet: no link
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    publish()
+    link = read_artifact("t-report")
+    assert link is not None and page.resolve().as_uri() in link.data
+    assert "Run report (pages/run-report/index.html)" in link.data
