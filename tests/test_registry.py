@@ -109,6 +109,9 @@ def test_stage_registers_a_first_version_with_tags_card_and_aliases(project, tin
     result = json.loads(out.read_text())
     assert result["name"] == "simcse-sup-nli" and result["version"] == 1
     assert result["decision"] == "promote" and result["champion"] == 1 and result["compared_to"] == "base"
+    # the reference's STS row as the gate saw it (base here), for the run report
+    assert result["reference_sts"]["backend"] == "torch" and result["reference_sts"]["sickr"] == 75.0
+    assert set(result["reference_sts"]) == {"backend", *TASKS, "avg"}
     assert _client().get_run(result["run_id"]).info.experiment_id == result["experiment_id"]
 
     client = _client()

@@ -110,6 +110,7 @@ def synthetic_run(root: Path) -> RunFiles:
                                            "significant": True}}})
     _write(demo.registry, {"name": "simcse-demo", "version": 3, "decision": "reject", "promoted": False,
                            "compared_to": "champion v2", "champion": 2, "run_id": "r3", "serve_backend": "torch",
+                           "reference_sts": {"backend": "torch", **_sts(1.25)},
                            "reasons": ["fail: qa <script>alert(1)</script> worse & not ok"],
                            "domain": {"qa": {"metric": "ndcg@10", "challenger": 91.2187, "ci": [89.0, 93.0],
                                              "champion": 92.4}}})
@@ -153,6 +154,9 @@ def test_synthetic_figures_equal_the_files(synthetic):
         assert c.value("demo", "sts", t, "base") == b[t]
         assert c.value("demo", "sts", t, "diff") == pytest.approx(d[t] - b[t])
         assert c.value("base", "sts", t, "challenger") == b[t]
+        # registry.json reference_sts: the champion the gate compared with
+        assert c.value("demo", "sts", t, "champion") == _sts(1.25)[t]
+        assert c.value("demo", "sts", t, "diff-champion") == pytest.approx(d[t] - _sts(1.25)[t])
     assert ("base", "sts", "avg", "base") not in c.cells  # base is not shown beside itself
 
     qa = json.loads(demo.domain.read_text())["tasks"]["qa"]
@@ -184,7 +188,7 @@ def test_gate_decision_reference_links_and_identity(synthetic):
     _run, page = synthetic
     assert 'data-variant="demo" data-decision="reject">reject</strong>' in page
     assert "compared with champion v2" in page
-    assert "not that champion&#x27;s STS scores: see the tags of models:/simcse-demo/2" in page
+    assert "compared it with champion v2 (the champion columns, on the torch backend)" in page
     assert "No champion before this version" not in page.split('id="demo"')[1]
     links = Cells(page).links
     assert "../data_docs/validations/stsb_test.html" in links  # validate.json docs_page

@@ -140,7 +140,7 @@ def register_variant(
     step("created")
     _set_aliases(client, ev, decision, str(mv.version), mcfg, step, log)
     step("done")
-    result = _record(client, ev, decision, int(mv.version), run.run_id, lineage, mcfg)
+    result = _record(client, ev, decision, int(mv.version), run.run_id, lineage, mcfg, ref)
     log(f"register: {ev.name} v{mv.version}: {decision.label} (vs {decision.compared_to})")
     for r in decision.reasons:
         log(f"  {r}")
@@ -362,8 +362,10 @@ def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bo
 
 
 def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str, lineage: dict[str, str],
-            mcfg: MlflowConfig) -> dict[str, Any]:
-    """The registry.json mapping: the version, the decision and the run it belongs to."""
+            mcfg: MlflowConfig, ref: Scores | None) -> dict[str, Any]:
+    """The registry.json mapping: the version, the decision and the run it belongs to, and the
+    STS row of the reference the gate compared it with (`ref`: the champion, else base; None for
+    the reference variant itself), so that a report can show both side by side."""
     champion_version = int(ev.champ_mv.version) if ev.champ_mv is not None else None
     return {
         "name": ev.name,
@@ -377,6 +379,7 @@ def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str,
         "experiment_id": retry(lambda: client.get_run(run_id).info.experiment_id, "read the run", mcfg),
         "model_sha256": lineage["model_sha256"],
         "serve_backend": ev.scores.backend,  # whose STS scores the gate saw
+        "reference_sts": ({"backend": ref.backend, **ref.sts} if ref is not None else None),
         # the domain figures the gate saw: the challenger beside the champion it was compared with
         "domain": {t: {"metric": d.metric, "challenger": d.value, "ci": list(d.ci) if d.ci else None,
                        "champion": (ev.champion.domain[t].value

@@ -301,9 +301,12 @@ def sts_section(vf: VariantFiles, base: VariantFiles | None, registry: Mapping[s
         braw = read_json(base.sts)
         base_backend = backend if backend in (braw.get("backends") or {}) else TORCH
         theirs = sts_row(braw, list(tasks), base_backend, base.sts)
+    champ = _champion_sts(ref, registry, vf.registry, tasks)
     header = ["task", vf.name]
     if theirs is not None:
         header += [f"{base.name}" + (" (gate reference)" if ref and ref.is_base else ""), f"{vf.name} \u2212 {base.name}"]
+    if champ is not None:
+        header += [f"{ref.label} (gate reference)", f"{vf.name} \u2212 champion"]
     rows = []
     for t in [*tasks, "avg"]:
         a = {"data-variant": vf.name, "data-section": "sts", "data-row": t}
@@ -311,6 +314,9 @@ def sts_section(vf: VariantFiles, base: VariantFiles | None, registry: Mapping[s
         if theirs is not None:
             cells += num_cell(theirs[t], **a, **{"data-col": "base"})
             cells += num_cell(mine[t] - theirs[t], "+.2f", **a, **{"data-col": "diff", "class": "derived"})
+        if champ is not None:
+            cells += num_cell(champ[t], **a, **{"data-col": "champion"})
+            cells += num_cell(mine[t] - champ[t], "+.2f", **a, **{"data-col": "diff-champion", "class": "derived"})
         rows.append(cells)
     out = head + table(header, rows, **{"class": "data", "data-table": "sts", "data-variant": vf.name})
     notes = [f"Backend: {backend} (the one the version serves; the gate compared these scores)."]
@@ -327,10 +333,24 @@ def _champion_sts_note(ref: Reference | None, registry: Mapping[str, Any] | None
         return ["No champion before this version: the gate compared it with base (the column above)."]
     if ref.champion_version is None:
         return [f"The gate compared it with {ref.label}."]
+    if (registry or {}).get("reference_sts"):
+        return [f"The gate compared it with {ref.label} (the champion columns, on the "
+                f"{registry['reference_sts'].get('backend', TORCH)} backend)."]
     name = (registry or {}).get("name", "")
-    return [f"The gate compared it with {ref.label}; registry.json records its decision and reasons "
-            f"(below) but not that champion's STS scores: see the tags of models:/{name}/{ref.champion_version} "
+    return [f"The gate compared it with {ref.label}; this registry.json predates `reference_sts` and "
+            f"does not record that champion's STS scores: see the tags of models:/{name}/{ref.champion_version} "
             f"in MLflow."]
+
+
+def _champion_sts(ref: Reference | None, registry: Mapping[str, Any] | None, path: Path,
+                  tasks: Sequence[str]) -> dict[str, float] | None:
+    """The champion's STS row the gate compared with (registry.json `reference_sts`), or None
+    when the reference was base (shown as the base column) or is not recorded."""
+    row = (registry or {}).get("reference_sts")
+    if ref is None or ref.is_base or ref.champion_version is None or not row:
+        return None
+    _check(isinstance(row, Mapping), path, f"reference_sts {row!r}", "a mapping of task -> Spearman x100")
+    return {t: _number(row.get(t), path, f"reference_sts.{t}") for t in [*tasks, "avg"]}
 
 
 def ci_cell(value: float, ci: Sequence[float] | None, path: Path, what: str, fmt: str = ".2f", **attrs: Any) -> str:
