@@ -310,8 +310,8 @@ def test_real_figures_equal_the_committed_metrics(real):
 
 
 def test_report_stage_deps_cover_every_file_it_reads(real):
-    """dvc.yaml lists the metrics deps of `report` by hand (no foreach for one stage): a variant
-    added to params.yaml without its block would leave the report stale."""
+    """Every file the report reads lies inside a dep of the `report` stage (else DVC would not
+    rerun it when that file changes)."""
     _params, run, _page = real
     stage = next(s for s in deps.expand_stages(deps.load_dvc_yaml()) if s.name == "report")
     read = sorted({p.relative_to(ROOT).as_posix() for p in run.paths()})
