@@ -122,7 +122,7 @@ def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40) -> str
             logger.info("[stderr] %s", line)
 
     res = run_dvc(["repro", "--single-item", target], workspace, on_line=log_line,
-                  tail_lines=stderr_tail_lines)
+                  tail_lines=stderr_tail_lines, run_name=flow_run.get_name())
     skipped = f"Stage '{target}' didn't change, skipping" in res.stdout
     status = "up to date" if skipped else "ran"
     logger.info("%s: %s in %.1f s", target, status, res.seconds)

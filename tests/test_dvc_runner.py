@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simcse_ops.config import ConfigError
 from simcse_ops.dvc_runner import (
@@ -22,6 +23,7 @@ from simcse_ops.dvc_runner import (
     stage_output,
     workspace_lock,
 )
+from simcse_ops.run_name import RUN_NAME_ENV
 from tests.flows.fake_project import calls, make_fake_project
 
 
@@ -178,3 +180,14 @@ def test_stage_files_of_the_fake_project(project):
     assert ingest.deps == ("fake_stage.py", "raw/domain") and ingest.outs == ("data/ingested",)
     with pytest.raises(FileNotFoundError, match="not a DVC repository"):
         stage_files(project / "raw", "ingest")
+
+
+def test_run_name_reaches_the_stage_command(tmp_path):
+    """A flow passes its run's name; the stage command sees it as $SIMCSE_OPS_RUN_NAME."""
+    proj = tmp_path / "named"
+    proj.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=proj, check=True)
+    cmd = f"{sys.executable} -c \"import os; open('name.txt', 'w').write(os.environ['{RUN_NAME_ENV}'])\""
+    (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"named": {"cmd": cmd, "outs": ["name.txt"]}}}))
+    run_dvc(["repro", "--single-item", "named"], proj, run_name="brave-otter")
+    assert (proj / "name.txt").read_text() == "brave-otter"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 import pytest
@@ -15,6 +18,8 @@ from simcse_ops.expectations import (
     prepare_frame,
     validate_batches,
 )
+from simcse_ops.run_name import RUN_NAME_ENV
+from simcse_ops.web_assets import NODE_MODULES_ENV, WebAssetsMissing
 from tests.hygiene_fixtures import corpus_table, nli_table, real_sentences, sts_table
 
 CFG = ValidateConfig()
@@ -125,6 +130,100 @@ def test_data_docs_site_is_built(sents, tmp_path):
     pages = list((docs / "validations" / "simcse_corpus").rglob("*.html"))
     assert len(pages) == 1 and "corp" in pages[0].name
     assert "simcse_corpus" in (docs / "index.html").read_text(encoding="utf-8")
+
+
+class _LocalRefs(HTMLParser):
+    """The local files a page loads: <script src>, <link href>, <img src> (not <a> links)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.remote: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        ref = {"script": a.get("src"), "link": a.get("href"), "img": a.get("src")}.get(tag)
+        if not ref or ref.startswith("data:"):
+            return
+        (self.remote if urlsplit(ref).scheme or ref.startswith("//") else self.refs).append(ref)
+
+
+def _unresolved(page: Path) -> tuple[list[str], list[str], int]:
+    parser = _LocalRefs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    missing = [r for r in parser.refs if not (page.parent / unquote(urlsplit(r).path)).resolve().is_file()]
+    return missing, parser.remote, len(parser.refs)
+
+
+def _spec_value(page: str, key: str) -> str | None:
+    """The value beside `key` in a result page's Batch Spec table (under "Show more info...")."""
+    m = re.search(rf">{key}</span>(?:(?!</tr>).)*?<span[^>]*>([^<]+)</span>", page, flags=re.S)
+    return m.group(1).strip() if m else None
+
+
+@pytest.fixture(scope="module")
+def offline_site(sents, tmp_path_factory):
+    """A site of three small batches: a training table and two splits of one evaluation set."""
+    docs = tmp_path_factory.mktemp("site") / "docs"
+    sts = sts_table([(sents[k], sents[k + 1], 2.5) for k in range(6)])
+    batches = [_batch("corpus", corpus_table(sents[:10]), "corp"),
+               _batch("sts", sts, "stsb/test", score_min=0.0, score_max=5.0, row_count=6),
+               _batch("sts", sts, "stsb/dev", score_min=0.0, score_max=5.0, row_count=6)]
+    summary = validate_batches(batches, CFG, docs, run_name="brave-otter 42")
+    return docs, summary
+
+
+def test_offline_site_records_run_name_and_each_batch_page(offline_site):
+    docs, summary = offline_site
+    assert summary["run_name"] == "brave-otter-42"  # one folder name
+    assert list(summary)[:5] == ["success", "critical_failures", "warnings", "run_name", "batches"]
+    pages = {name: b["docs_page"] for name, b in summary["batches"].items()}
+    assert len(set(pages.values())) == 3
+    for name, page in pages.items():
+        suite = "simcse_corpus" if name == "corp" else "simcse_sts"
+        assert page.startswith(f"validations/{suite}/brave-otter-42/") and page.endswith(".html")
+        assert (docs / page).is_file()
+
+
+def test_offline_site_names_assets_after_sources_and_batches_after_splits(offline_site):
+    docs, summary = offline_site
+    page = (docs / summary["batches"]["stsb/dev"]["docs_page"]).read_text(encoding="utf-8")
+    assert "Data asset: stsb<" in page and "Data asset: None" not in page
+    assert _spec_value(page, "batch_definition") == "dev"
+    assert "brave-otter-42" in page and "__none__" not in page
+    corp = (docs / summary["batches"]["corp"]["docs_page"]).read_text(encoding="utf-8")
+    assert "Data asset: corp<" in corp and _spec_value(corp, "batch_definition") == "all"
+    index = (docs / "index.html").read_text(encoding="utf-8")
+    assert index.count("brave-otter-42") >= 3  # the index table data: one row per batch
+    for b in summary["batches"].values():
+        assert b["docs_page"] in index
+
+
+def test_offline_site_pages_load_only_local_files_that_exist(offline_site):
+    docs, summary = offline_site
+    assert (docs / "static/vendor/jquery/dist/jquery.min.js").is_file()
+    assert (docs / "static/vendor/bootstrap-table/dist/bootstrap-table.min.js").is_file()
+    assert any((docs / "static/vendor/@fortawesome/fontawesome-free/webfonts").iterdir())
+    for page in (docs / "index.html", docs / summary["batches"]["stsb/test"]["docs_page"],
+                 docs / "expectations" / "simcse_sts.html"):
+        missing, remote, n = _unresolved(page)
+        assert n >= 15, page  # the stylesheets, scripts, favicon and logo
+        assert not missing, f"{page}: {missing}"
+        assert not remote, f"{page} loads from the network: {remote}"
+
+
+def test_offline_site_needs_the_npm_assets_and_says_so_before_validating(sents, tmp_path, monkeypatch):
+    monkeypatch.setenv(NODE_MODULES_ENV, str(tmp_path / "node_modules"))
+    with pytest.raises(WebAssetsMissing, match=r"node_modules: folder not found.*npm ci --prefix web"):
+        validate_batches([_batch("corpus", corpus_table(sents[:5]), "corp")], CFG, tmp_path / "docs")
+    assert not (tmp_path / "docs").exists()
+
+
+def test_run_name_defaults_to_the_pipeline_run(sents, monkeypatch):
+    monkeypatch.setenv(RUN_NAME_ENV, "crimson-lemur")
+    summary = validate_batches([_batch("corpus", corpus_table(sents[:5]), "corp")], CFG)
+    assert summary["run_name"] == "crimson-lemur"
+    assert "docs_page" not in summary["batches"]["corp"]  # no site, no page
 
 
 def test_prepare_frame_derived_columns():

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simcse_ops.errors import ConfigError
+from simcse_ops.run_name import RUN_NAME_ENV
 
 LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
 
@@ -91,8 +92,12 @@ def run_dvc(
     on_line: LineHandler | None = None,
     tail_lines: int = 40,
     env: dict[str, str] | None = None,
+    run_name: str | None = None,
 ) -> DvcResult:
     """Run `dvc ARGS` in `workspace`, streaming every output line to `on_line(stream, line)`.
+
+    `run_name` (a flow run's name) reaches the stage commands as $SIMCSE_OPS_RUN_NAME
+    (`run_name.current_run_name`: the validate stage names its GX run after it).
 
     Raises `DvcError` (with the last `tail_lines` lines of stderr) when DVC exits non-zero, and
     `FileNotFoundError` when `workspace` is not a DVC repository.
@@ -101,6 +106,8 @@ def run_dvc(
     if not (workspace / ".dvc").is_dir():
         raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
     full_env = {**_QUIET_PROGRESS, **os.environ, **(env or {})}
+    if run_name:
+        full_env[RUN_NAME_ENV] = run_name
     start = time.monotonic()
     proc = subprocess.Popen(
         dvc_command(args),

@@ -17,27 +17,39 @@ every check is a plain GX expectation shown in Data Docs:
     _tokens_<c>   number of whitespace tokens of text column c
     _identical    the two sides of a pair are equal after normalisation
 
+In GX, a source is a data asset of the pandas data source `simcse` and a split its batch
+definition (`all` for a training table), so a page reads "Data asset: stsb", batch definition
+`test`. Every batch of one stage run is one GX run named after the pipeline run
+(`run_name.current_run_name()`: the Prefect flow run, or `dvc-repro-<sha>-<time>`).
+
 The GX project is ephemeral (in memory): nothing is written to the source tree except the Data
-Docs site, which goes where the caller says (a DVC output).
+Docs site, which goes where the caller says (a DVC output) and works offline
+(`simcse_ops.data_docs`). metrics/validate.json records the run name and each batch's page.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from simcse_ops import data_docs
 from simcse_ops.config import Rule, ValidateConfig
 from simcse_ops.errors import EXIT_DATA
 from simcse_ops.files import atomic_path, remove_path, write_json
 from simcse_ops.dedup import normalize_many
 from simcse_ops.readers import FORMATS
+from simcse_ops.run_name import current_run_name, safe_run_name
 from simcse_ops.schemas import KINDS
+
+SITE = "simcse"  # the Data Docs site's name in the GX context
 
 
 # A character that has no business in a sentence: C0/C1 controls (tab and newline included,
@@ -186,6 +198,11 @@ class Batch:
     frame: pd.DataFrame
     parameters: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def split(self) -> str:
+        """The batch definition's name: the split of an evaluation set, `all` for a whole table."""
+        return self.name.partition("/")[2] or "all"
+
 
 def _observed(result: dict) -> str:
     if "observed_value" in result:
@@ -211,9 +228,10 @@ def _expected(cfg_kwargs: dict, parameters: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(keep.items())) or "-"
 
 
-def make_context(docs_dir: Path | None):
+def make_context(docs_dir: Path | None, views_dir: Path | None = None):
     """An ephemeral GX context (analytics and progress bars off) whose Data Docs site, if any,
-    is written to `docs_dir`."""
+    is written to `docs_dir`, with the offline page templates in `views_dir`
+    (`data_docs.write_views`)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -224,12 +242,9 @@ def make_context(docs_dir: Path | None):
 
     sites = {}
     if docs_dir is not None:
-        sites["simcse"] = {
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(Path(docs_dir).resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        }
+        if views_dir is None:
+            raise ValueError("make_context: a Data Docs site needs views_dir (data_docs.write_views)")
+        sites[SITE] = data_docs.site_config(docs_dir, views_dir)
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
@@ -239,63 +254,117 @@ def make_context(docs_dir: Path | None):
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def validate_batches(batches: list[Batch], cfg: ValidateConfig, docs_dir: Path | None = None) -> dict:
-    """Validate each batch with its kind's suite (one Checkpoint per batch); build Data Docs.
-
-    Returns the summary for `metrics/validate.json`; the caller decides what fails.
-    """
-    import great_expectations as gx
-    from great_expectations.checkpoint import Checkpoint
-
-    ctx = make_context(docs_dir)
-    ds = ctx.data_sources.add_pandas("simcse")
-    suites = {}
-    summary: dict = {"success": True, "critical_failures": 0, "warnings": 0, "batches": {}}
-    failures: list[dict] = []
-    for b in batches:
-        if b.kind not in suites:
-            suites[b.kind] = ctx.suites.add(build_suite(b.kind, cfg))
-        asset = ds.add_dataframe_asset(name=b.name.replace("/", "."))
-        bd = asset.add_batch_definition_whole_dataframe("all")
-        vd = ctx.validation_definitions.add(
-            gx.ValidationDefinition(name=f"validate.{b.name.replace('/', '.')}", data=bd, suite=suites[b.kind]))
-        cp = ctx.checkpoints.add(Checkpoint(name=f"checkpoint.{b.name.replace('/', '.')}",
-                                            validation_definitions=[vd], actions=[],
-                                            result_format={"result_format": cfg.result_format}))
-        res = cp.run(batch_parameters={"dataframe": b.frame}, expectation_parameters=b.parameters)
-        (vr,) = res.run_results.values()
-        crit, warn = [], []
-        for r in vr.results:
-            conf = r.expectation_config
-            meta = conf.meta or {}
-            if r.success:
-                continue
-            severity = str(conf.get("severity") or meta.get("severity") or "critical")
-            kwargs = dict(conf.kwargs)
-            item = {
-                "batch": b.name, "source": b.source, "path": str(b.path), "check": meta.get("check", "?"),
-                "severity": severity.split(".")[-1].lower(), "expectation": conf.type,
-                "column": kwargs.get("column"),
-                "observed": _observed(r.result or {}) if not r.exception_info.get("raised_exception") else
-                f"error: {r.exception_info.get('exception_message')}",
-                "expected": _expected(kwargs, b.parameters),
-            }
-            if item["check"] == "row_counts" and b.parameters.get("row_count") == -1:
-                item["expected"] = (f"a row count for split {b.name.split('/')[-1]!r} in params.yaml "
-                                    f"validate.sts.row_counts.expected.{b.source}")
-            (crit if item["severity"] == "critical" else warn).append(item)
-        failures.extend(crit)
-        summary["batches"][b.name] = {
-            "source": b.source, "kind": b.kind, "rows": int(len(b.frame)),
-            "expectations": len(vr.results), "success": not crit,
-            "failed_critical": len(crit), "failed_warning": len(warn),
-            "failures": crit + warn,
+def _batch_failures(b: Batch, vr) -> tuple[list[dict], list[dict]]:
+    """The failed expectations of one validation result: (critical, warnings)."""
+    crit, warn = [], []
+    for r in vr.results:
+        conf = r.expectation_config
+        meta = conf.meta or {}
+        if r.success:
+            continue
+        severity = str(conf.get("severity") or meta.get("severity") or "critical")
+        kwargs = dict(conf.kwargs)
+        item = {
+            "batch": b.name, "source": b.source, "path": str(b.path), "check": meta.get("check", "?"),
+            "severity": severity.split(".")[-1].lower(), "expectation": conf.type,
+            "column": kwargs.get("column"),
+            "observed": _observed(r.result or {}) if not r.exception_info.get("raised_exception") else
+            f"error: {r.exception_info.get('exception_message')}",
+            "expected": _expected(kwargs, b.parameters),
         }
-        summary["critical_failures"] += len(crit)
-        summary["warnings"] += len(warn)
-    summary["success"] = summary["critical_failures"] == 0
+        if item["check"] == "row_counts" and b.parameters.get("row_count") == -1:
+            item["expected"] = (f"a row count for split {b.split!r} in params.yaml "
+                                f"validate.sts.row_counts.expected.{b.source}")
+        (crit if item["severity"] == "critical" else warn).append(item)
+    return crit, warn
+
+
+class _Runner:
+    """Runs one Checkpoint per batch in one GX context: a data asset per source, a batch
+    definition per split, every run named `run_name` (the pipeline run; run times increase)."""
+
+    def __init__(self, ctx, cfg: ValidateConfig, run_name: str) -> None:
+        self.ctx, self.cfg, self.run_name = ctx, cfg, run_name
+        self.source = ctx.data_sources.add_pandas("simcse")
+        self.assets: dict[str, Any] = {}
+        self.suites: dict[str, Any] = {}
+        self.last_time: dt.datetime | None = None
+
+    def _run_id(self):
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.last_time is not None and now <= self.last_time:  # each batch its own page path
+            now = self.last_time + dt.timedelta(microseconds=1)
+        self.last_time = now
+        return RunIdentifier(run_name=self.run_name, run_time=now)
+
+    def run(self, b: Batch):
+        """Validate `b`; returns (the result's store key, the result)."""
+        import great_expectations as gx
+        from great_expectations.checkpoint import Checkpoint
+
+        if b.kind not in self.suites:
+            self.suites[b.kind] = self.ctx.suites.add(build_suite(b.kind, self.cfg))
+        if b.source not in self.assets:
+            self.assets[b.source] = self.source.add_dataframe_asset(name=b.source)
+        bd = self.assets[b.source].add_batch_definition_whole_dataframe(b.split)
+        label = b.name.replace("/", ".")
+        vd = self.ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate.{label}", data=bd, suite=self.suites[b.kind]))
+        cp = self.ctx.checkpoints.add(Checkpoint(name=f"checkpoint.{label}", validation_definitions=[vd],
+                                                 actions=[],
+                                                 result_format={"result_format": self.cfg.result_format}))
+        res = cp.run(batch_parameters={"dataframe": b.frame}, expectation_parameters=b.parameters,
+                     run_id=self._run_id())
+        ((key, vr),) = res.run_results.items()
+        # GX 1.24's result page reads the asset name from the batch spec, which a dataframe
+        # asset leaves without one ("Data asset: None"): name it, with the split and the file.
+        vr.meta["batch_spec"] = {**(vr.meta.get("batch_spec") or {}), "data_asset_name": b.source,
+                                 "batch_definition": b.split, "path": str(b.path)}
+        self.ctx.validation_results_store.set(key, vr)
+        return key, vr
+
+
+def validate_batches(batches: list[Batch], cfg: ValidateConfig, docs_dir: Path | None = None,
+                     run_name: str | None = None) -> dict:
+    """Validate each batch with its kind's suite (one Checkpoint per batch); build Data Docs
+    (offline: `simcse_ops.data_docs`) in `docs_dir` if given.
+
+    `run_name` names the GX runs (default `run_name.current_run_name()`: the pipeline run).
+    Returns the summary for `metrics/validate.json` (with each batch's Data Docs page, relative
+    to `docs_dir`, as `docs_page`); the caller decides what fails.
+    """
+    run_name = safe_run_name(run_name) if run_name else current_run_name()
     if docs_dir is not None:
-        ctx.build_data_docs()
+        data_docs.check_vendor_files()  # before a minute of validation, not after
+    summary: dict = {"success": True, "critical_failures": 0, "warnings": 0, "run_name": run_name,
+                     "batches": {}}
+    failures: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="simcse-gx-views-") as views:
+        if docs_dir is not None:
+            data_docs.write_views(Path(views))
+        ctx = make_context(docs_dir, Path(views))
+        runner = _Runner(ctx, cfg, run_name)
+        keys = {}
+        for b in batches:
+            keys[b.name], vr = runner.run(b)
+            crit, warn = _batch_failures(b, vr)
+            failures.extend(crit)
+            summary["batches"][b.name] = {
+                "source": b.source, "kind": b.kind, "rows": int(len(b.frame)),
+                "expectations": len(vr.results), "success": not crit,
+                "failed_critical": len(crit), "failed_warning": len(warn),
+                "failures": crit + warn,
+            }
+            summary["critical_failures"] += len(crit)
+            summary["warnings"] += len(warn)
+        if docs_dir is not None:
+            ctx.build_data_docs(site_names=[SITE])
+            data_docs.copy_vendor_files(docs_dir)
+            for name, key in keys.items():
+                summary["batches"][name]["docs_page"] = data_docs.page_of(ctx, SITE, docs_dir, key)
+    summary["success"] = summary["critical_failures"] == 0
     summary["_failures"] = failures
     return summary
 

@@ -67,7 +67,7 @@ if stage == "ingest":
 elif stage == "dedup":
     write(f"{path['out']}/pubmedqa.json", read(f"{path['data']}/pubmedqa.json"))
 elif stage == "validate":
-    write(path["metrics"], {"success": True})
+    write(path["metrics"], {"success": True, "run_name": os.environ.get("SIMCSE_OPS_RUN_NAME")})
 elif stage == "train":
     write(f"{path['out']}/model.txt", read(f"{path['data']}/pubmedqa.json"))
 elif stage == "evaluate":

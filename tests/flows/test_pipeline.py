@@ -9,6 +9,7 @@ import json
 
 import pytest
 from prefect import flow
+from prefect.client.orchestration import get_client
 
 from flows.pipeline import (
     artifact_key,
@@ -23,7 +24,7 @@ from flows.pipeline import (
     sts_rows,
 )
 from simcse_ops.config import ConfigError, load_params
-from simcse_ops.dvc_runner import DvcError
+from simcse_ops.dvc_runner import DvcError, stage_output
 from tests.flows.conftest import flow_run_logs, read_artifact
 from tests.flows.fake_project import DOMAIN_TASK, TASKS, calls, make_fake_project
 from tests.registry_support import write_domain
@@ -145,6 +146,10 @@ def test_pipeline_runs_every_stage_in_order_and_publishes_artifacts(prefect_serv
     assert set(statuses.values()) == {"ran"}
     assert calls(project) == list(statuses)  # DVC ran each one, in this order
     assert "train@wiki" not in calls(project)
+    # The stages know the pipeline run they belong to (validate names its GX run after it).
+    with get_client(sync_client=True) as client:
+        run_name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert json.loads(stage_output(project, "validate", "validate.json").read_text())["run_name"] == run_name
 
     logs = flow_run_logs(state.state_details.flow_run_id)
     assert "fake train running for biomed" in logs           # the stage's stdout

@@ -1,11 +1,12 @@
 """A tiny but complete copy of the project in a temporary folder, for end-to-end runs of the flows.
 
-The copy holds the real `stages/`, `dvc.yaml`, `flows/` and the library sources DVC tracks as deps
-(the package itself is imported from the editable install), a git repository with `dvc init`, a
-`params.yaml` derived from the project's own (same sections, tiny sizes: the tiny random BERT as
-base model, two training steps, one SEAT test), and a data root with a few records of each real
-source file, cut from the shared data in its original format (STS pairs with their gold lines,
-the first PubMedQA abstracts, one SEAT test with a few examples per set).
+The copy holds the real `stages/`, `dvc.yaml`, `flows/`, `web/` (its node_modules linked) and the
+library sources DVC tracks as deps (the package itself is imported from the editable install), a
+git repository with `dvc init`, a `params.yaml` derived from the project's own (same sections,
+tiny sizes: the tiny random BERT as base model, two training steps, one SEAT test), and a data
+root with a few records of each real source file, cut from the shared data in its original format
+(STS pairs with their gold lines, the first PubMedQA abstracts, one SEAT test with a few examples
+per set).
 """
 
 from __future__ import annotations
@@ -156,6 +157,11 @@ def make_tiny_project(project_root: Path, dest: Path, data_src: Path, model_dir:
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy2(project_root / "dvc.yaml", dest / "dvc.yaml")
     shutil.copy2(project_root / ".gitignore", dest / ".gitignore")
+    # The validate stage copies the browser libraries into Data Docs (a dep: web/package-lock.json);
+    # the installed ones are shared, not copied (ignored by git).
+    shutil.copytree(project_root / "web", dest / "web", ignore=shutil.ignore_patterns("node_modules"))
+    if (project_root / "web" / "node_modules").is_dir():
+        (dest / "web" / "node_modules").symlink_to(project_root / "web" / "node_modules")
     real = yaml.safe_load((project_root / "params.yaml").read_text())
     data_root = tiny_data_root(dest)
     params = tiny_params(real, data_root, model_dir)
