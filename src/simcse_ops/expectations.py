@@ -303,6 +303,7 @@ class _Runner:
         """Validate `b`; returns (the result's store key, the result)."""
         import great_expectations as gx
         from great_expectations.checkpoint import Checkpoint
+        from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
         if b.kind not in self.suites:
             self.suites[b.kind] = self.ctx.suites.add(build_suite(b.kind, self.cfg))
@@ -317,12 +318,19 @@ class _Runner:
                                                  result_format={"result_format": self.cfg.result_format}))
         res = cp.run(batch_parameters={"dataframe": b.frame}, expectation_parameters=b.parameters,
                      run_id=self._run_id())
-        ((key, vr),) = res.run_results.items()
+        ((gx_key, vr),) = res.run_results.items()
+        # GX names the batch after its asset only ("simcse-sick_full" for every split); the
+        # stored result is keyed (and its page named) after the source and the split instead.
+        key = ValidationResultIdentifier(gx_key.expectation_suite_identifier, gx_key.run_id,
+                                         f"{b.source}-{b.split}")
         # GX 1.24's result page reads the asset name from the batch spec, which a dataframe
         # asset leaves without one ("Data asset: None"): name it, with the split and the file.
         vr.meta["batch_spec"] = {**(vr.meta.get("batch_spec") or {}), "data_asset_name": b.source,
                                  "batch_definition": b.split, "path": str(b.path)}
-        self.ctx.validation_results_store.set(key, vr)
+        store = self.ctx.validation_results_store
+        if store.has_key(gx_key):  # the checkpoint stored it under GX's name: keep one copy
+            store.remove_key(gx_key)
+        store.set(key, vr)
         return key, vr
 
 
