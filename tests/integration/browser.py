@@ -107,8 +107,7 @@ def is_blank(png: bytes) -> bool:
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
-    lo, hi = img.getextrema()[0], img.getextrema()[1]
-    return all(a == b for a, b in img.getextrema())
+    return all(lo == hi for lo, hi in img.getextrema())
 
 
 PAGES = {

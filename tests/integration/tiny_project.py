@@ -175,6 +175,7 @@ def make_tiny_project(project_root: Path, dest: Path, data_src: Path, model_dir:
     run("git", "config", "user.email", "e2e@example.invalid")
     run("git", "config", "user.name", "e2e")
     run(sys.executable, "-m", "dvc", "init", "-q")
+    shutil.copy2(project_root / ".dvc" / "config", dest / ".dvc" / "config")  # the offline plots template
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "tiny project")
     return dest
