@@ -110,6 +110,16 @@ def is_blank(png: bytes) -> bool:
     return all(lo == hi for lo, hi in img.getextrema())
 
 
+def _save_small(png: bytes, target: Path) -> None:
+    """Save a screenshot with a 256-colour palette (a page is text and flat colours: a fraction of
+    the size, nothing visible lost)."""
+    import io
+
+    from PIL import Image
+
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(target, optimize=True)
+
+
 PAGES = {
     "dvc_plots": "dvc_plots/index.html",
     "data_docs": "reports/data_docs/index.html",
@@ -130,7 +140,8 @@ def screenshot_pages(root: Path, out: Path) -> list[Path]:
             if seen.external:
                 print(f"{rel}: refused network requests: {seen.external}", file=sys.stderr)
             target = out / f"{name}.png"
-            seen.page.screenshot(path=str(target), full_page=True)
+            png = seen.page.screenshot(full_page=True)
+            _save_small(png, target)
             seen.page.context.close()
             written.append(target)
     return written

@@ -77,6 +77,11 @@ def test_dvc_plots_draw_every_plot_offline(project, browser, tmp_path):
     bars = page.evaluate("(d) => document.querySelectorAll(d + ' svg g.mark-rect path').length",
                          "#metrics_biomed_sts_tasks_csv")
     assert bars == with_data[sts] == 8, (bars, with_data[sts])  # 7 tasks and their avg
+    # the domain chart: one bar per (task, model) row, side by side (web/plots/bar_grouped.json)
+    dom = "metrics/biomed/domain_tasks.csv"
+    bars = page.evaluate("(d) => document.querySelectorAll(d + ' svg g.mark-rect path').length",
+                         "#metrics_biomed_domain_tasks_csv")
+    assert bars == with_data[dom] >= 2, (bars, with_data[dom])
 
 
 def test_data_docs_list_every_validation_offline(project, browser, tmp_path):
