@@ -17,7 +17,9 @@ import pytest
 
 from simcse_ops import registration, tracking
 from simcse_ops.encoder import default_model_path
-from tests.registry_support import export_st, free_port, make_project, tracking_env, wait_http, write_metrics
+from tests.registry_support import (
+    export_st, free_port, make_project, tracking_env, wait_http, write_backends, write_metrics,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,14 +67,12 @@ def test_pyfunc_loads_the_champion(registered):
     np.testing.assert_allclose(from_df, emb, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def server(registered, tmp_path_factory):
-    """`mlflow models serve` of simcse-base@champion (started once for the module): its port."""
-    uri, root = registered
-    port, folder = free_port(), tmp_path_factory.mktemp("serve")
+def _serve(uri: str, model_uri: str, folder):
+    """Start `mlflow models serve` of `model_uri` on a free loopback port; yields the port."""
+    port = free_port()
     log = folder / "serve.log"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/simcse-base@champion",
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, cwd=folder)
@@ -87,6 +87,13 @@ def server(registered, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(registered, tmp_path_factory):
+    """`mlflow models serve` of simcse-base@champion (started once for the module): its port."""
+    uri, _root = registered
+    yield from _serve(uri, "models:/simcse-base@champion", tmp_path_factory.mktemp("serve"))
 
 
 def _post(port: int, body: bytes) -> tuple[int, dict]:
@@ -128,3 +135,51 @@ def test_bad_requests_get_400_naming_the_problem_and_the_server_goes_on(server):
         assert phrase in out["message"], (name, out["message"][-500:])
     status, out = _post(server, json.dumps({"inputs": PARAPHRASES}).encode())
     assert status == 200 and np.asarray(out["predictions"]).shape == (2, 384)
+
+
+@pytest.fixture(scope="module")
+def int8_champion(registered, tmp_path_factory):
+    """The default encoder registered as simcse-sup-nli with `serve.backend: onnx-int8` (its
+    export logged with it, as register@V does with exports/V) and served by the real
+    `mlflow models serve` from `models:/simcse-sup-nli@champion`: (port, model folder, export folder)."""
+    import dataclasses
+
+    from simcse_ops.backends import export_onnx
+    from simcse_ops.config import load_params
+
+    uri, root = registered
+    model = root / "models" / "base"
+    exported = root / "exports" / "sup-nli"
+    export_onnx(model, exported)
+    mdir = write_backends(write_metrics(root / "metrics" / "sup-nli", TASKS, 81.0), TASKS, 81.0, 80.9, True)
+    with tracking_env():
+        params = load_params(root / "params.yaml")
+        params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, backend="onnx-int8"))
+        tracking.configure(root, params.mlflow)
+        result = registration.register_variant("sup-nli", model, mdir, params, root,
+                                               base_metrics_dir=root / "metrics" / "base",
+                                               log=lambda m: None, export_dir=exported)
+    assert result["promoted"] and result["serve_backend"] == "onnx-int8", result
+    for port in _serve(uri, "models:/simcse-sup-nli@champion", tmp_path_factory.mktemp("serve-int8")):
+        yield port, model, exported
+
+
+def test_an_onnx_int8_champion_is_served_with_its_backend(int8_champion):
+    """The server answers with the int8 graph's embeddings (equal to `OnnxEncoder` on the logged
+    export, not to torch's), which are still the same model (cosine to torch >= 0.99)."""
+    from simcse_ops.backends import load_encoder
+    from simcse_ops.encoder import load_sentence_transformer
+
+    port, model, exported = int8_champion
+    sentences = [*PARAPHRASES, UNRELATED]
+    status, out = _post(port, json.dumps({"inputs": sentences}).encode())
+    assert status == 200, out
+    served = np.asarray(out["predictions"], dtype=np.float32)
+    _check_ordering(served)
+    int8 = np.asarray(load_encoder(model, "onnx-int8", onnx_dir=exported).encode(sentences))
+    torch_emb = np.asarray(load_sentence_transformer(model, device="cpu").encode(sentences))
+    np.testing.assert_allclose(served, int8, rtol=1e-4, atol=1e-4)
+    cos = [_cos(a, b) for a, b in zip(served, torch_emb)]
+    assert min(cos) >= 0.99 and not np.allclose(served, torch_emb, atol=1e-4), cos
+    status, out = _post(port, b'{"inputs": ["a", null]}')  # the same input rules on every backend
+    assert status == 400 and "item 1 is null" in out["message"]
