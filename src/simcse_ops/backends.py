@@ -187,10 +187,11 @@ class Int8Settings:
     - "dynamic": per-tensor input like the other MatMuls.
 
     Measured by per-sentence cosine to the torch model (all-MiniLM-L6-v2, the 300 STS sentences
-    of `backend_eval.parity_sample`), min (mean), and sentences/s against the fp32 ONNX graph's
-    int8 with "fp32" (2 threads, 1,000 mixed sentences, batches interleaved): "fp32" 0.9954
-    (0.9981), 1.00x, 44 MB; "blockwise" at block 64 0.9941 (0.9979), 1.14-1.19x, 23 MB; block 32
-    0.9944, 1.11-1.13x; block 128 0.9929-0.9935, 1.21x; "dynamic" 0.981 (0.993), about 1.5x.
+    of `backend_eval.parity_sample`), min (mean), 7-task STS avg (torch 78.88), and sentences/s
+    against "fp32" (2 threads, 1,000 mixed sentences, batch 32 and 128, each batch run by every
+    graph in turn, two runs on a loaded machine): "fp32" 0.9954 (0.9981), 78.78, 1.00x, 44 MB;
+    "blockwise" at block 64 0.9941 (0.9979), 78.78, 1.15-1.22x, 23 MB; block 32 0.9944,
+    1.11-1.13x; block 128 0.9929-0.9935, 1.21x; "dynamic" 0.981 (0.993), 1.45-1.9x.
     Earlier, on the unfused graph with every MatMul quantised dynamically: per-tensor weights
     0.885 (0.962), per-channel 0.981 (0.993), 0.968 with reduce_range; keeping only the first or
     only the second feed-forward MatMul in fp32 0.989 or 0.986, only the first and last layers
