@@ -8,12 +8,20 @@ onnxruntime both at `--threads` (2) intra-op threads, in one process:
 - torch: `SentenceTransformer.encode` in fp32 (`simcse_ops.encoder.encode`): the BASELINE;
 - torch-bf16: the same call inside `torch.autocast("cpu", dtype=torch.bfloat16)`;
 - onnx: `simcse_ops.backends.OnnxEncoder` on the fp32 graph of `backends.export_onnx`;
-- onnx-int8: the same on its dynamically quantised int8 graph;
+- onnx-int8: the same on its int8 graph (`backends.Int8Settings`, reported as `int8_settings`
+  from the export's backend.json: an export made before the blockwise feed-forward MatMuls
+  reports `keep_ffn_fp32` there instead of `ffn`);
+- onnx-int8-ffn-fp32 (only when named in `--backends`): the previous int8 graph, its
+  feed-forward MatMuls in fp32 (`Int8Settings(ffn="fp32")`), quantised here from the fp32 graph;
 - onnx-fused (only when named in `--backends`): the fp32 graph after onnxruntime's offline transformer
-  optimiser (`onnxruntime.transformers.optimizer`, model type bert: attention, layer-norm and
-  GELU fusions), the one other offline engine installed here; measured no faster than `onnx`,
-  since onnxruntime's session already runs at `ORT_ENABLE_ALL` by default (checked at run time,
-  reported as `ort_graph_optimization_level`), which applies these fusions online.
+  optimiser (`onnxruntime.transformers.optimizer`, model type bert: Attention, EmbedLayerNorm,
+  SkipLayerNorm and BiasGelu fusions), the one other offline engine installed here; measured no
+  faster than `onnx`, since onnxruntime's session already runs at `ORT_ENABLE_ALL` by default
+  (checked at run time, reported as `ort_graph_optimization_level`), which applies these fusions
+  online. Its int8 quantisation (QAttention) was no faster than onnx-int8 either.
+
+The derived graphs (onnx-int8-ffn-fp32, onnx-fused) are written to a temporary folder, never
+into `--exports`.
 
 Timing: each backend is warmed up (`--warmup` sentences), then `--repeats` rounds; in every round
 each (batch size, backend) embeds all the sentences once, in an order rotated per round so that a
@@ -37,6 +45,8 @@ that exist for both; null when they do not. Prints one JSON line.
     python benchmarks/encode_throughput.py --sts --exports /tmp/onnx-default
     python benchmarks/encode_throughput.py --model models/unsup-wiki --sts
     python benchmarks/encode_throughput.py --n 200 --repeats 1 --batch-sizes 32   # smoke test
+    python benchmarks/encode_throughput.py --n 1000 --repeats 2 --exports /tmp/onnx-default \
+        --backends onnx,onnx-int8,onnx-int8-ffn-fp32,onnx-fused     # the int8 and fusion choices
 """
 
 from __future__ import annotations
@@ -58,7 +68,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "torch"
-ALL_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "onnx-fused")
+ALL_BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "onnx-int8-ffn-fp32", "onnx-fused")
 STS_SOURCES = ("sts12", "sts13", "sts14", "sts15", "sts16")
 TARGET = {"max_sts_drop": 0.3, "min_speedup": 2.5}
 
@@ -138,20 +148,41 @@ def ensure_exports(model_dir: Path, exports: str | None, tmp: str) -> Path:
     return out
 
 
-def fuse_graph(onnx_dir: Path, model_dir: Path) -> Path:
-    """onnxruntime's offline transformer optimiser on the fp32 graph -> model_fused.onnx."""
+def fuse_graph(onnx_dir: Path, model_dir: Path, work_dir: Path) -> Path:
+    """onnxruntime's offline transformer optimiser on the fp32 graph -> work_dir/model_fused.onnx."""
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoConfig
 
     from simcse_ops.backends import ONNX_FILE, read_pipeline
 
-    out = onnx_dir / "model_fused.onnx"
+    out = work_dir / "model_fused.onnx"
     if not out.is_file():
         cfg = AutoConfig.from_pretrained(str(read_pipeline(model_dir).transformer_dir))
         opt = optimize_model(str(onnx_dir / ONNX_FILE), model_type="bert", num_heads=cfg.num_attention_heads,
                              hidden_size=cfg.hidden_size, opt_level=1)
         opt.save_model_to_file(str(out))
     return out
+
+
+def int8_ffn_fp32_graph(onnx_dir: Path, work_dir: Path) -> Path:
+    """The previous int8 graph (feed-forward MatMuls in fp32) -> work_dir/model_int8_ffn_fp32.onnx."""
+    from simcse_ops.backends import ONNX_FILE, Int8Settings, quantize_int8
+
+    out = work_dir / "model_int8_ffn_fp32.onnx"
+    if not out.is_file():
+        quantize_int8(onnx_dir / ONNX_FILE, out, Int8Settings(ffn="fp32"))
+    return out
+
+
+def int8_settings(onnx_dir: Path | None) -> dict | None:
+    """backend.json `int8` of the export, without its node lists."""
+    from simcse_ops.backends import SETTINGS_FILE
+
+    path = None if onnx_dir is None else onnx_dir / SETTINGS_FILE
+    if path is None or not path.is_file():
+        return None
+    int8 = json.loads(path.read_text(encoding="utf-8")).get("int8", {})
+    return {k: v for k, v in int8.items() if not k.endswith("_nodes")}
 
 
 class Bf16:
@@ -167,7 +198,7 @@ class Bf16:
             return self.inner.encode(sentences, batch_size)
 
 
-def build_backends(names: list[str], model_dir: Path, onnx_dir: Path | None, threads: int) -> dict:
+def build_backends(names: list[str], model_dir: Path, onnx_dir: Path | None, threads: int, work_dir: Path) -> dict:
     from simcse_ops.backends import OnnxEncoder, load_encoder
 
     out: dict = {}
@@ -178,8 +209,10 @@ def build_backends(names: list[str], model_dir: Path, onnx_dir: Path | None, thr
             out[name] = Bf16(out.get("torch") or load_encoder(model_dir, "torch", threads=threads))
         elif name in ("onnx", "onnx-int8"):
             out[name] = load_encoder(model_dir, name, onnx_dir=onnx_dir, threads=threads)
+        elif name == "onnx-int8-ffn-fp32":
+            out[name] = OnnxEncoder(model_dir, int8_ffn_fp32_graph(onnx_dir, work_dir), threads=threads)
         elif name == "onnx-fused":
-            out[name] = OnnxEncoder(model_dir, fuse_graph(onnx_dir, model_dir), threads=threads)
+            out[name] = OnnxEncoder(model_dir, fuse_graph(onnx_dir, model_dir, work_dir), threads=threads)
         else:
             raise SystemExit(f"unknown backend {name!r}: choose from {', '.join(ALL_BACKENDS)}")
     return out
@@ -309,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = resolve_model_dir(args.model)
     with tempfile.TemporaryDirectory(prefix="encode-throughput-") as tmp:
         onnx_dir = ensure_exports(model_dir, args.exports, tmp) if any(n.startswith("onnx") for n in names) else None
-        backends = build_backends(names, model_dir, onnx_dir, args.threads)
+        backends = build_backends(names, model_dir, onnx_dir, args.threads, Path(tmp))
+        int8 = int8_settings(onnx_dir)
         speeds, emb = time_rounds(backends, sentences, batch_sizes, args.repeats, min(args.warmup, len(sentences)))
         if args.sts:
             from simcse_ops.config import load_params
@@ -340,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         "target": TARGET,
         "best": best,
         "meets_target": None if best is None else best["meets"],
+        "int8_settings": int8,
         "ort_graph_optimization_level": str(ort.SessionOptions().graph_optimization_level),
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
