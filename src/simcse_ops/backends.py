@@ -288,47 +288,32 @@ def ffn_matmuls(fp32_path: Path) -> list[str]:
 
 def quantize_blockwise8(path: Path, nodes: list[str], block_size: int) -> None:
     """Rewrite the MatMul nodes `nodes` (constant weight W, K x N) of the graph at `path`, in
-    place, as com.microsoft MatMulNBits with 8-bit blockwise weights.
+    place, as com.microsoft MatMulNBits with 8-bit blockwise weights, by onnxruntime's
+    `MatMulNBitsQuantizer` (symmetric, accuracy level 4); every other MatMul is left as it is.
 
-    For output column n and block b of B = `block_size` input rows (K padded with zeros to a
-    multiple of B): s_nb = max_k |W_kn| / 127 over the block, q_kn = round(W_kn / s_nb) in
-    [-127, 127], stored as q + 128 (the operator's default zero point for 8 bits). At accuracy
-    level 4 onnxruntime quantises the input to int8 per block of B values along K at run time,
-    multiplies in int8 and sums the scaled block products in fp32.
+    For output column n and block b of B = `block_size` input rows (K padded to a multiple of B):
+    one scale s_nb per block, q_kn = round(W_kn / s_nb) in 8 bits, W ~ s * q. At accuracy level 4
+    onnxruntime quantises the input to int8 per block of B values along K at run time, multiplies
+    in int8 and sums the scaled block products in fp32.
     """
     import onnx  # lazy: export only
-    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     model = onnx.load(str(path))
-    graph = model.graph
-    weights = {t.name: t for t in graph.initializer}
-    wanted = set(nodes)
-    for i, node in enumerate(list(graph.node)):
-        if node.name not in wanted:
-            continue
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # (K, N)
-        k, n = w.shape
-        blocks = -(-k // block_size)
-        wt = np.zeros((n, blocks * block_size), np.float32)
-        wt[:, :k] = w.T
-        wt = wt.reshape(n, blocks, block_size)  # (N, blocks, B)
-        scale = np.abs(wt).max(axis=2) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # an all-zero block
-        q = (np.clip(np.round(wt / scale[..., None]), -127, 127) + 128).astype(np.uint8)
-        q_name, s_name = f"{node.input[1]}_int8_blocks", f"{node.input[1]}_int8_scales"
-        graph.initializer.remove(weights[node.input[1]])
-        graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.reshape(-1), s_name)])
-        graph.node.remove(node)
-        graph.node.insert(i, helper.make_node(
-            "MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name,
-            domain="com.microsoft", K=k, N=n, bits=8, block_size=block_size, accuracy_level=4,
-        ))
-    missing = wanted - {n.name for n in graph.node if n.op_type == "MatMulNBits"}
+    weights = {t.name for t in model.graph.initializer}
+    constant = {n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    missing = sorted(set(nodes) - constant)
     if missing:
-        raise ValueError(f"{path}: no MatMul with a constant weight named {sorted(missing)}")
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(path))
+        raise ValueError(f"{path}: no MatMul with a constant weight named {missing}")
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
+    # the quantizer takes every MatMul unless excluded (its nodes_to_include only adds to that)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(nodes)]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, settings: Int8Settings = INT8_SETTINGS) -> dict:
