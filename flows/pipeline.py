@@ -37,6 +37,7 @@ from prefect.tasks import exponential_backoff
 from simcse_ops.config import ConfigError, FlowsConfig, Params, load_params
 from simcse_ops.dvc_runner import (
     DvcError,
+    default_remote,
     load_stage_files,
     run_dvc,
     stage_graph,
@@ -44,6 +45,7 @@ from simcse_ops.dvc_runner import (
     workspace_lock,
 )
 from simcse_ops.report import PAGE as REPORT_PAGE
+from simcse_ops.tracking import log_dvc_lock
 
 # Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
 SHARED_STAGES = ("ingest", "dedup", "validate")
@@ -110,8 +112,9 @@ def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
 
 
 @task(name="dvc-repro", task_run_name="{target}", cache_policy=NO_CACHE, log_prints=False)
-def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40) -> str:
-    """`dvc repro --single-item TARGET`; every output line goes to this task's log."""
+def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40, pull: bool = False) -> str:
+    """`dvc repro --single-item TARGET`; every output line goes to this task's log. `pull`: with
+    `--pull`, DVC fetches from the remote the outputs of a run-cache entry it restores."""
     logger = get_run_logger()
 
     def log_line(stream: str, line: str) -> None:
@@ -121,22 +124,74 @@ def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40) -> str
         else:
             logger.info("[stderr] %s", line)
 
-    res = run_dvc(["repro", "--single-item", target], workspace, on_line=log_line,
+    res = run_dvc(["repro", "--single-item", *(["--pull"] if pull else []), target], workspace, on_line=log_line,
                   tail_lines=stderr_tail_lines, run_name=flow_run.get_name())
-    skipped = f"Stage '{target}' didn't change, skipping" in res.stdout
-    status = "up to date" if skipped else "ran"
+    status = stage_status(target, res.stdout)
     logger.info("%s: %s in %.1f s", target, status, res.seconds)
     return status
 
 
+def stage_status(target: str, stdout: str) -> str:
+    """What `dvc repro --single-item TARGET` did, from DVC's own words: "up to date" (dvc.lock
+    matched), "restored" (the run cache, local or pulled from the remote, held a run with the same
+    deps, params and command: outputs checked out, command not run) or "ran"."""
+    if f"Stage '{target}' didn't change, skipping" in stdout:
+        return "up to date"
+    if f"Stage '{target}' is cached - skipping run, checking out outputs" in stdout:
+        return "restored"
+    return "ran"
+
+
+@task(name="dvc-sync", task_run_name="dvc {command}", cache_policy=NO_CACHE, log_prints=False)
+def sync_remote(workspace: str, command: str, stderr_tail_lines: int = 40) -> None:
+    """`dvc pull` (before the stages) or `dvc push` (after them) through the workspace's default
+    remote, the run cache included: a stage another workspace already ran with the same deps,
+    params and command is then restored instead of recomputed (`stage_status` "restored")."""
+    logger = get_run_logger()
+    args = {"pull": ["pull", "--run-cache", "--allow-missing"], "push": ["push", "--run-cache"]}[command]
+    res = run_dvc(args, workspace, on_line=lambda stream, line: logger.info("[dvc %s] %s", command, line),
+                  tail_lines=stderr_tail_lines)
+    logger.info("dvc %s: done in %.1f s", command, res.seconds)
+
+
 def run_stages(workspace: Path, targets: Sequence[str], cfg: FlowsConfig) -> dict[str, str]:
-    """Run the targets one after another as `repro_stage` tasks; stop at the first failure."""
+    """Run the targets one after another as `repro_stage` tasks; stop at the first failure.
+
+    With a default DVC remote (team mode: `simcse_ops.team`), pull what it holds first and push
+    what the stages produced afterwards (also after a failure: the stages that did run are kept).
+    """
     stage_task = repro_stage.with_options(
         retries=cfg.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=cfg.retry_delay_seconds),
         retry_jitter_factor=cfg.retry_jitter_factor,
     )
-    return {t: stage_task(str(workspace), t, cfg.stderr_tail_lines) for t in targets}
+    remote = default_remote(workspace)
+    if remote is None:
+        return {t: stage_task(str(workspace), t, cfg.stderr_tail_lines) for t in targets}
+    get_run_logger().info("DVC remote %r: pull before, push after", remote)
+    sync_remote(str(workspace), "pull", cfg.stderr_tail_lines)
+    try:
+        return {t: stage_task(str(workspace), t, cfg.stderr_tail_lines, pull=True) for t in targets}
+    finally:
+        sync_remote(str(workspace), "push", cfg.stderr_tail_lines)
+
+
+def keep_dvc_locks(workspace: Path, params: Params, statuses: Mapping[str, str]) -> dict[str, str]:
+    """Log the workspace's dvc.lock to the MLflow run of every version this flow run registered
+    (`register@V` ran, not restored): {variant: run id}."""
+    logger = get_run_logger()
+    kept: dict[str, str] = {}
+    for target, status in statuses.items():
+        kind, _, variant = target.partition("@")
+        if kind != "register" or status != "ran":
+            continue
+        decision = read_json(registry_file(workspace, variant)) or {}
+        if decision.get("run_id"):
+            where = log_dvc_lock(workspace, decision["run_id"], params.mlflow)
+            logger.info("%s: dvc.lock kept as artifact %s of run %s (version %s)", variant, where,
+                        decision["run_id"], decision.get("version"))
+            kept[variant] = decision["run_id"]
+    return kept
 
 
 def hold_workspace(workspace: Path, cfg: FlowsConfig):
@@ -330,6 +385,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
         plan = plan_stages(stage_graph(ws), chosen, list(params.variants))
         get_run_logger().info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
+        keep_dvc_locks(ws, params, statuses)
     publish_artifacts(ws, params, chosen, cfg, key_prefix="pipeline")
     return statuses
 

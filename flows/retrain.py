@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger
 
 from flows.pipeline import (
     hold_workspace,
+    keep_dvc_locks,
     plan_stages,
     publish_artifacts,
     read_json,
@@ -104,6 +105,7 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
         logger.info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
         after = read_json(registry)
+        keep_dvc_locks(ws, params, statuses)
 
     report = {"domain": domain, **champion_report(before, after), "stages": statuses}
     # The table shows the reference a first version must beat (register.base_variant) beside it.

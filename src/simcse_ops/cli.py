@@ -5,6 +5,7 @@
     simcse-ops rollback VARIANT               move `champion` back to the previous champion
     simcse-ops history VARIANT                every alias move: who, when, why
     simcse-ops repair VARIANT                 remove versions whose registration did not complete
+    simcse-ops team up|down|status            the team stack (simcse_ops.team, README "Team setup")
 
 The registry commands act through `simcse_ops.actions` on the store of `--params` (or
 `$MLFLOW_TRACKING_URI`). mlflow is loaded only when a command talks to the store, so that
@@ -30,6 +31,7 @@ from simcse_ops.encoder import encode, load_sentence_transformer
 from simcse_ops.errors import ConfigError, RegistryError, run_main
 from simcse_ops.store import mlflow_client
 from simcse_ops.sts import embed_unique, pair_cosines, pearson100, read_pairs_file, spearman100
+from simcse_ops.team import Team, status_json
 
 
 def sts_cmd(args: argparse.Namespace) -> int:
@@ -155,6 +157,30 @@ def add_registry_subcommands(sub) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Team mode
+
+
+def team_cmd(args: argparse.Namespace) -> int:
+    team = Team.of(load_params(args.params))
+    if args.action == "up":
+        team.up(workers=args.workers)
+    elif args.action == "down":
+        team.down()
+    else:
+        print(status_json(team))
+    return 0
+
+
+def add_team_subcommand(sub) -> None:
+    p = sub.add_parser("team", help="start / stop / show the team stack (PostgreSQL, MLflow and Prefect "
+                                    "servers, work pool and workers; params.yaml `team`)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--workers", type=int, default=None, help="default: team.workers")
+    p.set_defaults(func=team_cmd)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -171,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sts.set_defaults(func=sts_cmd)
 
     add_registry_subcommands(sub)  # promote, rollback, history, repair
+    add_team_subcommand(sub)
     return ap
 
 

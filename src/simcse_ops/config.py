@@ -398,6 +398,31 @@ class ServeConfig:
     int8_max_drop: float = 0.3
 
 
+# --------------------------------------------------------------------------------------------
+# team (team.py: the shared stack a team runs on one machine)
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    """params.yaml `team`: the stack `simcse-ops team up` starts (PostgreSQL, `mlflow server`,
+    Prefect server, a process work pool and its workers, a DVC remote, a bare git repository the
+    deployments clone). Every server binds `host`; the database password is read from the
+    environment variable `password_env` and never written to a file of the project."""
+
+    home: str = ".team"            # state folder (database files, logs, pids), relative to params.yaml
+    host: str = "127.0.0.1"
+    postgres_port: int = 5433
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    user: str = "simcse"
+    password_env: str = "SIMCSE_PG_PASSWORD"
+    pool: str = "simcse-team"
+    workers: int = 2               # worker processes; the pool runs this many flow runs at once
+    dvc_remote: str | None = None  # null: <home>/dvc-remote (a local folder); or s3://..., ssh://...
+    repository: str | None = None  # null: <home>/repo.git, a bare repository `team up` pushes HEAD to
+    branch: str = "main"           # what the deployments clone
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataConfig
@@ -412,6 +437,7 @@ class Params:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    team: TeamConfig = field(default_factory=TeamConfig)
     path: Path = Path("params.yaml")
 
     @property
@@ -554,7 +580,7 @@ def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Param
         )
     params = dataclasses.replace(_build(Params, raw, "", path), path=path)
     for check in (_check_evaluate, _check_variants, _check_dedup, _check_validate, _check_bias,
-                  _check_register, _check_mlflow_flows, _check_serve):
+                  _check_register, _check_mlflow_flows, _check_serve, _check_team):
         check(params, raw)
     return params
 
@@ -696,6 +722,24 @@ def _check_serve(params: Params, raw: dict) -> None:
     if not 0 <= s.int8_max_drop < 100:
         _fail(params, "serve.int8_max_drop", f"expected a number of STS points x100 in [0, 100), "
                                              f"got {s.int8_max_drop}")
+
+
+def _check_team(params: Params, raw: dict) -> None:
+    t = params.team
+    for key in ("postgres_port", "mlflow_port", "prefect_port"):
+        port = getattr(t, key)
+        if not 1 <= port <= 65535:
+            _fail(params, f"team.{key}", f"expected a TCP port 1..65535, got {port}")
+    ports = [t.postgres_port, t.mlflow_port, t.prefect_port]
+    if len(set(ports)) != 3:
+        _fail(params, "team", f"postgres_port, mlflow_port and prefect_port must differ, got {ports}")
+    if t.workers < 1:
+        _fail(params, "team.workers", f"expected an integer >= 1, got {t.workers}")
+    if not t.password_env.isidentifier():
+        _fail(params, "team.password_env", f"expected the NAME of an environment variable, got {t.password_env!r} "
+                                           "(never put the password itself in params.yaml)")
+    if not t.user.isidentifier():
+        _fail(params, "team.user", f"expected a PostgreSQL role name (letters, digits, _), got {t.user!r}")
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

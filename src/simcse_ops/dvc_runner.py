@@ -179,6 +179,15 @@ def stage_graph(workspace: Path | str) -> dict[str, set[str]]:
     return parse_dag_dot(run_dvc(["dag", "--dot"], workspace).stdout)
 
 
+def default_remote(workspace: Path | str) -> str | None:
+    """The name of the workspace's default DVC remote (`dvc remote default`, any config level:
+    .dvc/config, .dvc/config.local, the user's), None when there is none."""
+    from dvc.repo import Repo  # lazy: DVC's API loads dozens of modules
+
+    with Repo(str(workspace)) as repo:
+        return repo.config["core"].get("remote") or None
+
+
 @contextlib.contextmanager
 def workspace_lock(
     workspace: Path | str,

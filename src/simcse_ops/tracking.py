@@ -231,6 +231,23 @@ def dvc_data_hashes(root: Path, variant: str | None = None) -> dict[str, str]:
     return out
 
 
+DVC_LOCK_ARTIFACT = "dvc"  # run artifact folder holding the dvc.lock of the pipeline run that registered it
+
+
+def log_dvc_lock(root: Path, run_id: str, cfg: MlflowConfig) -> str:
+    """Keep the workspace's `dvc.lock` (every stage's deps, params and outs hashes, as the run left
+    them) as the artifact `dvc/dvc.lock` of MLflow run `run_id`, so that a person can reproduce the
+    version (`dvc checkout` / `dvc repro` at its commit) or commit the lock file. Returns the
+    artifact's path within the run."""
+    from mlflow import MlflowClient  # lazy: see the module docstring
+
+    configure(root, cfg)
+    client = MlflowClient()
+    lock = Path(root) / "dvc.lock"
+    retry(lambda: client.log_artifact(run_id, str(lock), DVC_LOCK_ARTIFACT), "upload dvc.lock", cfg)
+    return f"{DVC_LOCK_ARTIFACT}/dvc.lock"
+
+
 def system_info() -> dict[str, str]:
     import torch  # lazy: seconds to import; only system_info needs it
 

@@ -85,10 +85,18 @@ elif stage == "register":
     versions[variant] = version
     state.write_text(json.dumps(versions))
     avg = json.loads(read(path["sts"]))["avg"]
+    # a real MLflow run in the workspace's embedded store: the flows attach dvc.lock to it
+    from mlflow import MlflowClient
+    from simcse_ops import tracking
+    from simcse_ops.config import MlflowConfig
+    tracking.configure(pathlib.Path.cwd(), MlflowConfig())
+    client = MlflowClient()
+    run = client.create_run(tracking.get_experiment_id(client, pathlib.Path.cwd(), MlflowConfig()))
+    client.set_terminated(run.info.run_id)
     write(path["out"], {
         "name": f"simcse-{variant}", "version": version, "decision": "promote", "promoted": True,
         "compared_to": "base", "reasons": [f"ok: avg {avg} beats base"], "champion": version,
-        "run_id": f"run{version}", "model_sha256": "0" * 64,
+        "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "model_sha256": "0" * 64,
         "domain": {%(task)r: {"metric": "ndcg@10", "champion": 48.25}},
     })
 '''.replace("%(tasks)r", repr(TASKS)).replace("%(task)r", repr(DOMAIN_TASK))

@@ -6,6 +6,8 @@ Real DVC and a real (temporary) Prefect server; the stages are stand-ins (tests/
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from prefect import flow
@@ -24,10 +26,20 @@ from flows.pipeline import (
     sts_rows,
 )
 from simcse_ops.config import ConfigError, load_params
-from simcse_ops.dvc_runner import DvcError, stage_output
+from simcse_ops.dvc_runner import DvcError, default_remote, stage_output
 from tests.flows.conftest import flow_run_logs, read_artifact
 from tests.flows.fake_project import DOMAIN_TASK, TASKS, calls, make_fake_project
-from tests.registry_support import write_domain
+from tests.registry_support import tracking_env, write_domain
+
+
+def mlflow_artifact(project, run_id: str, path: str) -> str:
+    """The text of artifact `path` of run `run_id` in the project's embedded MLflow store."""
+    import mlflow
+
+    with tracking_env(f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"):
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+        with open(local, encoding="utf-8") as f:
+            return f.read()
 
 
 def chain_graph(*variants: str) -> dict[str, set[str]]:
@@ -165,7 +177,15 @@ def test_pipeline_runs_every_stage_in_order_and_publishes_artifacts(prefect_serv
     decision = read_artifact("registry-biomed")
     assert decision.type == "markdown"
     assert "simcse-biomed version 1: promote (promoted to champion)" in decision.data
-    assert "(http://mlflow.test:5000/#/runs/run1)" in decision.data
+    registered = json.loads(registry_file(project, "biomed").read_text())
+    assert (f"(http://mlflow.test:5000/#/experiments/{registered['experiment_id']}/runs/{registered['run_id']})"
+            in decision.data)
+    # The dvc.lock the run produced is an artifact of each registered version's MLflow run.
+    for v in ("base", "biomed"):
+        run_id = json.loads(registry_file(project, v).read_text())["run_id"]
+        kept = mlflow_artifact(project, run_id, "dvc/dvc.lock")
+        assert kept == (project / "dvc.lock").read_text()
+        assert f"{v}: dvc.lock kept as artifact dvc/dvc.lock of run {run_id}" in " ".join(logs)
     assert decision.description == "registry decision for biomed (results/biomed/registry.json)"
     # The domain table: evaluate@biomed's domain.json beside the champion from registry.json.
     domain = read_artifact("pipeline-biomed-domain")
@@ -223,3 +243,44 @@ def test_a_link_artifact_points_to_the_run_report(prefect_server, project):
     link = read_artifact("t-report")
     assert link is not None and page.resolve().as_uri() in link.data
     assert "Run report (pages/run-report/index.html)" in link.data
+
+
+@pytest.mark.slow
+def test_a_second_workspace_restores_every_stage_from_the_dvc_remote(prefect_server, project, tmp_path):
+    """Team mode's sharing (simcse_ops.team): two clones of one repository with one DVC remote.
+    The first runs the stages and pushes (run cache included); the second pulls and DVC restores
+    the stages with cached outputs from the run cache instead of running them."""
+    def git(*args, cwd):
+        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+    git("add", "-A", cwd=project)
+    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "fake", cwd=project)
+    other = tmp_path / "other"
+    git("clone", "-q", str(project), str(other), cwd=tmp_path)
+    remote = tmp_path / "remote"
+    for ws in (project, other):
+        assert default_remote(ws) is None
+        subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "--local", "--default", "team", str(remote)],
+                       cwd=ws, check=True, capture_output=True)
+        assert default_remote(ws) == "team"
+
+    first = pipeline(variants=["biomed"], workspace=str(project), return_state=True)
+    assert first.is_completed(), first
+    assert set(first.result().values()) == {"ran"}
+    assert (remote / "runs").is_dir()  # the run cache was pushed
+    second = pipeline(variants=["biomed"], workspace=str(other), return_state=True)
+    assert second.is_completed(), second
+    statuses = second.result()
+    assert list(statuses) == list(first.result())
+    # Stages with cached outputs come from the remote; a stage whose outputs are all `cache: false`
+    # metrics runs again: DVC restores such files only where git holds them (the real project
+    # commits metrics/ and dvc.lock; this clone's commit has neither).
+    restored = ["ingest", "dedup", "train@base", "train@biomed"]
+    assert {t: s for t, s in statuses.items() if s == "restored"} == dict.fromkeys(restored, "restored"), statuses
+    assert calls(other) == [t for t in statuses if t not in restored]
+    for out in ("data/clean", "models/base", "models/biomed"):  # the first workspace's outputs
+        for f in (project / out).rglob("*"):
+            assert (other / out / f.relative_to(project / out)).read_bytes() == f.read_bytes()
+    logs = flow_run_logs(second.state_details.flow_run_id)
+    assert "DVC remote 'team': pull before, push after" in logs
+    assert any(m.startswith("dvc push: done") for m in logs)
