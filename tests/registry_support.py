@@ -126,21 +126,23 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 
 
 class MlflowServer:
-    """A real `mlflow server` (SQLite backend + served artifacts in `folder`) on 127.0.0.1."""
+    """A real `mlflow server` on 127.0.0.1 serving artifacts from `folder`/artifacts; its backend
+    store is `backend_uri` (default: SQLite in `folder`), handed over through the environment
+    (MLFLOW_BACKEND_STORE_URI) so that a database password never shows on a command line."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, backend_uri: str | None = None) -> None:
         self.folder, self.port = folder, port or free_port()
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
-        self.backend_uri = f"sqlite:///{folder / 'mlflow.db'}"
+        self.backend_uri = backend_uri or f"sqlite:///{folder / 'mlflow.db'}"
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         self.folder.mkdir(parents=True, exist_ok=True)
         log = self.folder / "server.log"
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
+               "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_uri
         self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True, cwd=self.folder)
         wait_http(f"{self.url}/health", timeout, self.proc, log)

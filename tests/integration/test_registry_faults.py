@@ -1,6 +1,7 @@
 """Registration against a real `mlflow server` process that dies mid-way: the stage retries with
 backoff, then fails with a clear message, and the registry never keeps a version without its tags
-and decision (a half-made version is removed; the champion is restored)."""
+and decision (a half-made version is removed; the champion is restored). Every test runs against
+a server on SQLite and one on PostgreSQL (team mode's backend store)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from simcse_ops import actions, registration, tracking
 from simcse_ops.errors import RegistryError
 from simcse_ops.store import CHAMPION
+from tests.postgres_support import fresh_database
 from tests.registry_support import MlflowServer, export_st, free_port, make_project, tracking_env, write_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,9 +25,14 @@ TASKS = ["sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr"]
 FAST_RETRY = {"retries": 3, "backoff_s": 0.25, "backoff_max_s": 1.0, "http_timeout_s": 10}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request, tmp_path_factory):
+    """A real `mlflow server` whose backend store is SQLite or a fresh PostgreSQL database."""
+    backend_uri = None
+    if request.param == "postgres":
+        pg = request.getfixturevalue("postgres")
+        backend_uri = pg.url(fresh_database(pg, "mlflow"))
+    srv = MlflowServer(tmp_path_factory.mktemp(f"mlflow-server-{request.param}"), backend_uri=backend_uri).start()
     try:
         yield srv
     finally:
@@ -71,6 +78,26 @@ def _assert_every_version_whole(name):
     for mv in _client().search_model_versions(f"name = '{name}'"):
         for key in ("sts.avg", "sts.sickr", "bias.summary", "gate.decision", "gate.reasons", "model_sha256", "run_id"):
             assert key in mv.tags, (mv.version, key)
+
+
+def test_backend_uri_is_not_on_a_command_line(server):
+    """The store URI (a database password for PostgreSQL) reaches the server through its
+    environment: no process of the server shows it in `ps`, and its log does not hold it."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    secret = make_url(server.backend_uri).password or server.backend_uri
+    group = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) == server.proc.pid:
+                group.append((proc / "cmdline").read_bytes().decode(errors="replace"))
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+    assert any("mlflow" in cmd for cmd in group)
+    assert not any(secret in cmd for cmd in group)
+    assert secret not in (server.folder / "server.log").read_text(errors="replace")
 
 
 def test_server_dies_after_version_created(server, project):
@@ -135,7 +162,7 @@ def test_server_dies_after_champion_moved(server, project, monkeypatch):
 
 def test_server_dead_before_registration(server, project):
     """Killed while the model is uploaded: no version is created. (Runs last among the server
-    tests; the registry is read straight from the server's SQLite store, no restart needed.)"""
+    tests; the registry is read straight from the server's backend store, no restart needed.)"""
     from mlflow import MlflowClient
 
     name = "early-sup-nli"
