@@ -14,6 +14,9 @@ dvc.yaml declares them (`simcse_ops.dvc_runner.stage_output`); no path is built 
 
 Only one flow at a time operates on a workspace (`simcse_ops.dvc_runner.workspace_lock`); the
 Prefect work pool's concurrency limit keeps queued runs from even starting (see flows/prefect.yaml).
+In team mode (`simcse_ops.team`) every run has its own clone with a default DVC remote: the flow
+then pulls before the stages (run cache included), runs each with `--pull`, pushes after them, and
+keeps the run's dvc.lock as an artifact of every MLflow run that registered a version.
 
 Run it once, without a server:  python -m flows.pipeline [--variant biomed ...]
 """
@@ -381,6 +384,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
     chosen = list(variants) if variants else list(params.variants)
     for v in chosen:
         params.variant(v)  # fails at once, naming the known variants
+    get_run_logger().info("workspace: %s", ws)
     with hold_workspace(ws, cfg):
         plan = plan_stages(stage_graph(ws), chosen, list(params.variants))
         get_run_logger().info("stages: %s", " -> ".join(plan))

@@ -95,6 +95,7 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
     params = load_params(ws / "params.yaml")
     sources = check_domain(params, domain)  # an unknown domain fails here, before any DVC work
     cfg = params.flows
+    logger.info("workspace: %s", ws)
     for source, files in corpus_files(params, sources).items():
         logger.info("%s: %d file(s): %s", source, len(files), ", ".join(files))
     registry = registry_file(ws, domain)  # where dvc.yaml puts register@<domain>'s decision

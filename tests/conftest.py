@@ -42,26 +42,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     It reuses the default encoder's WordPiece tokenizer so that real sentences tokenise normally.
     Loads with `AutoModel` and (mean pooling) with `SentenceTransformer`.
     """
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from tests.tiny_bert import make_tiny_bert
 
-    from simcse_ops.encoder import default_model_path
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    model = BertModel(config)
-    out = tmp_path_factory.mktemp("tiny-bert")
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

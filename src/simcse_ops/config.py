@@ -736,8 +736,8 @@ def _check_team(params: Params, raw: dict) -> None:
     if t.workers < 1:
         _fail(params, "team.workers", f"expected an integer >= 1, got {t.workers}")
     if not t.password_env.isidentifier():
-        _fail(params, "team.password_env", f"expected the NAME of an environment variable, got {t.password_env!r} "
-                                           "(never put the password itself in params.yaml)")
+        _fail(params, "team.password_env", "expected the NAME of an environment variable (letters, digits, _), "
+                                           "not the password: never put the password itself in params.yaml")
     if not t.user.isidentifier():
         _fail(params, "team.user", f"expected a PostgreSQL role name (letters, digits, _), got {t.user!r}")
 

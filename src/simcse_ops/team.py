@@ -363,6 +363,7 @@ class Team:
         `team.branch` (a fast-forward; a diverged branch is refused by git)."""
         if self.cfg.repository is None and not (self.paths.repository / "HEAD").is_file():
             _git(["init", "-q", "--bare", str(self.paths.repository)], self.root)
+            _git(["symbolic-ref", "HEAD", f"refs/heads/{self.cfg.branch}"], self.paths.repository)
         if self.cfg.repository is None:
             _git(["push", "-q", str(self.paths.repository), f"HEAD:refs/heads/{self.cfg.branch}"], self.root)
 
@@ -444,6 +445,8 @@ def render_team_deployments(spec: dict, team: Team) -> dict:
     deployments = []
     for d in spec.get("deployments", []):
         d = {k: v for k, v in d.items() if k not in ("work_pool", "pull")}
+        # two runs of one domain would register versions of the same model at once: one at a time
+        d.setdefault("concurrency_limit", 1)
         d["work_pool"] = {"name": team.cfg.pool, "work_queue_name": "default",
                           "job_variables": {"env": {"MLFLOW_TRACKING_URI": team.mlflow_url}}}
         deployments.append(d)
