@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -131,6 +132,16 @@ def test_two_domain_retrains_run_in_parallel_and_share_through_remote_and_regist
             lock = yaml.safe_load(Path(client.download_artifacts(mv.run_id, "dvc/dvc.lock", tmp)).read_text())
         assert f"register@{d}" in lock["stages"] and "ingest" in lock["stages"]
         assert any(f"new version {mv.version}" in m for m in runs[d]["messages"])
+    # The registry commands and the model itself work against the server unchanged.
+    env = {**prefect.env, "MLFLOW_TRACKING_URI": stack["mlflow"]}
+    history = subprocess.run([sys.executable, "-m", "simcse_ops.cli", "history", "medqa"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert history.returncode == 0 and "challenger" in history.stdout, history.stdout + history.stderr
+    load = ("import mlflow, sys; m = mlflow.pyfunc.load_model('models:/simcse-medqa/1'); "
+            "print(len(m.predict(['a sentence', 'another one'])[0]))")
+    dim = subprocess.run([sys.executable, "-c", load], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert dim.returncode == 0 and dim.stdout.split()[-1] == "32", dim.stdout + dim.stderr[-2000:]
     assert_no_secret(stack, list(ids.values()))
 
 
