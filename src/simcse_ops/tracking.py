@@ -241,8 +241,8 @@ def log_dvc_lock(root: Path, run_id: str, cfg: MlflowConfig) -> str:
     artifact's path within the run."""
     from mlflow import MlflowClient  # lazy: see the module docstring
 
-    configure(root, cfg)
-    client = MlflowClient()
+    uri = resolve_tracking_uri(Path(root), cfg)  # not `configure`: a flow's process keeps its MLflow state
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     lock = Path(root) / "dvc.lock"
     retry(lambda: client.log_artifact(run_id, str(lock), DVC_LOCK_ARTIFACT), "upload dvc.lock", cfg)
     return f"{DVC_LOCK_ARTIFACT}/dvc.lock"

@@ -81,14 +81,16 @@ def project(tmp_path_factory, project_root, data_root, tiny_model_dir):
 def registry_versions(project: Path, name: str) -> list:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
 
 
 def champion_version(project: Path, name: str) -> int:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     return int(client.get_model_version_by_alias(name, "champion").version)
 
 
