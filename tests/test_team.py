@@ -203,3 +203,26 @@ def test_postgres_password_only_on_loopback():
             assert conn.execute("SELECT current_database()").fetchone()[0] == "mlflow"
         assert pg.running()
     assert not pg.data_dir.exists()
+
+
+def test_down_never_signals_a_process_that_reused_a_recorded_pid(tmp_path):
+    """A pid file whose process is gone and whose pid now belongs to another process (here: this
+    test's own) is stale: `team down` removes it and signals nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from simcse_ops.team import _alive, _start_time, _stop
+
+    stale = tmp_path / "mlflow.pid"
+    stale.write_text(f"{os.getpid()} 1\n")  # our pid, another start time
+    assert not _alive(stale)
+    assert _stop(stale) is False and not stale.exists()  # and we are still here
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    live = tmp_path / "worker-1.pid"
+    live.write_text(f"{child.pid} {_start_time(child.pid)}\n")
+    assert _alive(live)
+    assert _stop(live) is True and not live.exists()
+    child.wait(timeout=5)
+    assert _start_time(child.pid) == ""  # gone (and reaped)

@@ -27,6 +27,7 @@ deployment or a log line). `simcse-ops team down` stops everything `up` started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -298,11 +299,12 @@ class Team:
         self.paths.pids.mkdir(parents=True, exist_ok=True)
         pid_file = self.paths.pids / f"{name}.pid"
         if _alive(pid_file):
-            return int(pid_file.read_text())
+            return _read_pid(pid_file)[0]
         with (self.paths.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(cmd, env=env, cwd=cwd or self.root, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        pid_file.write_text(str(proc.pid))
+        # the start time too: a pid the kernel reused later for another process is not ours to stop
+        pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         _STARTED[proc.pid] = proc
         return proc.pid
 
@@ -398,7 +400,8 @@ class Team:
         log(f"prefect server: {self.prefect_api}")
         self.prefect("work-pool", "create", self.cfg.pool, "--type", "process", "--overwrite")
         self.prefect("work-pool", "set-concurrency-limit", self.cfg.pool, str(n))
-        Path(self.dvc_remote).mkdir(parents=True, exist_ok=True) if "://" not in self.dvc_remote else None
+        if "://" not in self.dvc_remote:  # a local folder (s3://, ssh://, ... exist already)
+            Path(self.dvc_remote).mkdir(parents=True, exist_ok=True)
         self.publish_repository()
         self.prefect("deploy", "--all", "--no-prompt", "--prefect-file", str(self.deployments_file()))
         log(f"deployments: flows/prefect.yaml's, on pool {self.cfg.pool}, cloning {self.repository} "
@@ -406,6 +409,8 @@ class Team:
         self.start_workers(n)
         log(f"workers: {n} on pool {self.cfg.pool} (concurrency limit {n})")
         log("use it:  " + " ".join(f"export {k}={v};" for k, v in self.client_env().items()))
+        log(f"seed the remote once from a checkout with the outputs of its dvc.lock:  "
+            f"dvc remote add --local --default team {self.dvc_remote} && dvc push")
 
     def down(self, log: Log = print) -> None:
         """Stop the workers, the servers and PostgreSQL; the data stays in team.home."""
@@ -491,19 +496,31 @@ def _git(args: list[str], cwd: Path) -> None:
 _STARTED: dict[int, subprocess.Popen] = {}  # processes this process started (a dead one is reaped)
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); "" if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _read_pid(pid_file: Path) -> tuple[int, str]:
+    pid, _, started = pid_file.read_text().strip().partition(" ")
+    return int(pid), started
+
+
 def _alive(pid_file: Path) -> bool:
+    """The process recorded in `pid_file` still runs (same pid and the same start time)."""
     if not pid_file.is_file():
         return False
     try:
-        pid = int(pid_file.read_text())
-        if pid in _STARTED and _STARTED[pid].poll() is not None:
-            return False
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError):
+        pid, started = _read_pid(pid_file)
+    except ValueError:
         return False
-    except PermissionError:
-        return True
-    return True
+    if pid in _STARTED and _STARTED[pid].poll() is not None:
+        return False
+    return bool(started) and _start_time(pid) == started
 
 
 def _stop(pid_file: Path, timeout_s: float = 30) -> bool:
@@ -512,11 +529,13 @@ def _stop(pid_file: Path, timeout_s: float = 30) -> bool:
     if not _alive(pid_file):
         pid_file.unlink(missing_ok=True)
         return False
-    pid = int(pid_file.read_text())
+    pid = _read_pid(pid_file)[0]
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # our own child: reap it, or it stays a zombie
+                os.waitpid(pid, os.WNOHANG)
             try:
                 os.killpg(pid, 0)
             except ProcessLookupError:
