@@ -131,16 +131,13 @@ class Postgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             _check_reachable(self.data_dir, POSTGRES_SYSTEM_USER)
-            pg = pwd.getpwnam(POSTGRES_SYSTEM_USER)
-            os.chown(self.data_dir, pg.pw_uid, pg.pw_gid)
+        _give_to_server_user(self.data_dir)
         os.chmod(self.data_dir, 0o700)
         fd, pwfile = tempfile.mkstemp(prefix="simcse-pg-", dir="/tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(self.password + "\n")
-            if os.geteuid() == 0:
-                pg = pwd.getpwnam(POSTGRES_SYSTEM_USER)
-                os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+            _give_to_server_user(Path(pwfile))
             self._run([str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user, f"--pwfile={pwfile}",
                        "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8",
                        "--no-instructions"], "initdb")
@@ -160,9 +157,7 @@ class Postgres:
     def start(self) -> None:
         bindir = postgres_bindir()
         self.log_file.touch()
-        if os.geteuid() == 0:
-            pg = pwd.getpwnam(POSTGRES_SYSTEM_USER)
-            os.chown(self.log_file, pg.pw_uid, pg.pw_gid)
+        _give_to_server_user(self.log_file)
         self._run([str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
                    "-t", "60", "start"], "start")
 
@@ -193,6 +188,13 @@ class Postgres:
                         cur.execute(f'CREATE DATABASE "{name}"')
         finally:
             conn.close()
+
+
+def _give_to_server_user(path: Path) -> None:
+    """As root, make `path` the `postgres` system user's (the server runs as it); else a no-op."""
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        os.chown(path, pg.pw_uid, pg.pw_gid)
 
 
 def _check_reachable(path: Path, user: str) -> None:
