@@ -17,7 +17,6 @@ on its dev split; otherwise STS-B dev Spearman, `evaluate.dev_task`) scores the 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,9 @@ from simcse_ops.config import load_params
 from simcse_ops.encoder import export_pretrained
 from simcse_ops.errors import run_main
 from simcse_ops.evaluation import dev_scorer_for
-from simcse_ops.files import write_json
+from simcse_ops.files import read_json, write_json
+from simcse_ops.hardware import HARDWARE_KEYS
+from simcse_ops.progress import configure_logging
 from simcse_ops.trainer import run_training, write_curves
 from simcse_ops.tsdae import run_tsdae
 
@@ -44,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", type=Path, required=True, help="folder for training metrics and plots")
     ap.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress lines (one every ~30 s otherwise)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
     params = load_params(args.params)
     variant = params.variant(args.variant)
@@ -76,15 +77,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
-    """Params, per-step loss and dev score, sentences/s, lineage and system tags to a new MLflow
+    """Params, per-step loss and dev score, sentences/s, lineage and system tags, and the hardware
+    that trained it (train.json's precision, cpu_class, cpu_model, gpu as `train.<key>` tags) to a new MLflow
     run, tagged with the hash of the model folder (`model_sha256`): registration finds the run by
     it (`tracking.run_for_model`). Nothing is written into the model folder."""
     root = Path(args.params).resolve().parent
     cfg = params.mlflow
     tracking.configure(root, cfg)
     summary = {k: v for k, v in asdict(result).items() if k not in ("loss_curve", "dev_curve")}
+    trained = read_json(args.metrics / "train.json")
+    tags = {f"train.{k}": trained[k] for k in HARDWARE_KEYS if trained.get(k) is not None}
     tracking.log_training(
-        args.variant, asdict(variant), result.loss_curve, result.dev_curve, summary, args.out, root, cfg
+        args.variant, asdict(variant), result.loss_curve, result.dev_curve, summary, args.out, root, cfg, tags=tags
     )
 
 

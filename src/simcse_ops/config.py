@@ -62,6 +62,8 @@ class StsTaskConfig:
     split: str | None = None  # for sources that carry several splits (stsb, sick)
 
 
+# variants.<V>.precision; what each resolves to on a device: hardware.resolve_precision
+PrecisionRequest = Literal["auto", "fp32", "bf16"]
 DomainMetric = Literal["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ap", "roc_auc"]
 
 
@@ -124,7 +126,9 @@ class VariantConfig:
     eval_steps: int = 125  # STS-B dev every N steps (0: only at the end); the best step is kept
     checkpoint_steps: int = 250  # resumable checkpoint every N steps (0: none)
     max_train_samples: int | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast where the device multiplies bf16 natively (CUDA with bf16, a CPU with
+    # AMX-BF16 or AVX512-BF16), else fp32; the rule is hardware.resolve_precision's.
+    precision: PrecisionRequest = "auto"
     length_groups: int = 4  # forward passes per step over rows of similar length (less padding)
     dropout_impl: Literal["auto", "native", "fast"] = "auto"  # auto: FastDropout on CPU, torch's on CUDA
     tsdae_deletion_ratio: float = 0.6  # tsdae: probability of deleting each input word (TSDAE paper: 0.6)

@@ -414,8 +414,10 @@ def log_training(
     model_dir: Path | str,
     root: Path | str = ".",
     cfg: MlflowConfig | None = None,
+    tags: Mapping[str, Any] | None = None,
 ) -> str:
-    """Log a finished training to a new run, tagged with the hash of `model_dir` (`tag_model`).
+    """Log a finished training to a new run, tagged with the hash of `model_dir` (`tag_model`)
+    and with `tags` (the hardware that made it: `train.precision`, `train.cpu_class`, ...).
 
     For a trainer that keeps its curves (and survives resumes): every row of `loss_curve`
     ({"step", "loss", "lr", ...}) and `dev_curve` ({"step", "dev_score"}: the model-selection
@@ -440,6 +442,8 @@ def log_training(
         for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
             chunk = metrics[i:i + 1000]
             retry(lambda c=chunk: run.client.log_batch(run.run_id, metrics=c), "log metrics", cfg)
+        if tags:
+            run.set_tags(tags)
         run.tag_model(model_dir)
         return run.run_id
 

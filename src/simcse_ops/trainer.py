@@ -14,8 +14,12 @@ Model selection: a `DevScorer` (sts.py; STS-B dev Spearman by default) scores th
 `eval_steps` and at the end; the best step is exported.
 
 AdamW (fused kernel; no decay on 1-d parameters: biases and norms), linear warm-up then linear
-decay to 0, gradient clipping, bf16 autocast on CUDA. Text is tokenised once, ahead of time,
-truncated to `max_seq_length` (32 by default).
+decay to 0, gradient clipping. Precision: `hardware.resolve_precision` (bf16 autocast where the
+GPU or CPU multiplies bf16 natively, else fp32), for the steps and the dev evaluations alike. Text
+is tokenised once, ahead of time, truncated to `max_seq_length` (32 by default).
+
+Progress: a `progress.Progress` line at most every 30 s and at each dev evaluation and checkpoint
+(step/total, sentences/s, elapsed, ETA, last loss, best dev score).
 
 Less padding: the step's rows are sorted by length and encoded in `length_groups` forward passes,
 each padded to its own longest row (`encode_rows`). The encoder maps every row independently
@@ -48,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from simcse_ops.checkpoint import (
@@ -73,6 +76,7 @@ from simcse_ops.distributed import (
 )
 from simcse_ops.encoder import pick_device, resolve_model
 from simcse_ops.files import atomic_path, write_json
+from simcse_ops.hardware import Precision, autocast, describe_device, precision_record, resolve_precision
 from simcse_ops.loss import info_nce
 from simcse_ops.model import (
     SimCSEEncoder,
@@ -82,6 +86,7 @@ from simcse_ops.model import (
     use_fast_attention_dropout,
     use_fast_dropout,
 )
+from simcse_ops.progress import Progress
 from simcse_ops.sts import DevScorer
 from simcse_ops.training_data import (
     COLUMNS,
@@ -105,13 +110,6 @@ def linear_schedule(step: int, warmup_steps: int, total_steps: int) -> float:
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-
-def autocast_for(cfg: VariantConfig, device: torch.device):
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def configure_dropout(encoder: SimCSEEncoder, cfg: VariantConfig, device: torch.device) -> str | None:
@@ -228,6 +226,7 @@ class TrainResult:
     wall_s: float = 0.0
     train_s: float = 0.0  # training-loop seconds of all steps 1..steps, across resumed runs
     sentences_per_s: float = 0.0  # steps * sentences per step / train_s
+    precision: str = "fp32"  # the effective precision (hardware.resolve_precision), not the requested one
 
     def resume_from(self, ckpt: Checkpoint) -> None:
         """Continue a checkpoint's curves and best step."""
@@ -263,13 +262,14 @@ class LoopState:
     dev: DevConfig | None
     device: torch.device
     ctx: DistContext
+    precision: Precision = "fp32"  # effective: hardware.resolve_precision of cfg.precision
     step: int = 0  # steps done
     best_state: dict | None = None  # the best dev step's weights (rank 0), None: export the final
     prior_train_s: float = 0.0  # training seconds of steps 1..step carried by the resumed checkpoint
     t_train: float = 0.0  # perf_counter() when this run's training loop started
 
     def autocast(self):
-        return autocast_for(self.cfg, self.device)
+        return autocast(self.precision, self.device)
 
     def train_s(self) -> float:
         """Training seconds of steps 1..step: a resumed run adds its own to the checkpoint's."""
@@ -346,9 +346,17 @@ def train(
     device: torch.device = torch.device("cpu"),
     ctx: DistContext = DistContext(),
     progress: bool = True,
+    precision: Precision | None = None,
+    name: str = "train",
 ) -> tuple[TrainResult, dict | None]:
-    """Train `encoder` in place; returns the result and the best dev state dict (None: use the final)."""
+    """Train `encoder` in place; returns the result and the best dev state dict (None: use the final).
+
+    `precision`: the effective precision (None: `resolve_precision(cfg.precision, device)`);
+    `name` starts each progress line (the stage, e.g. train@unsup-wiki).
+    """
     t_start = time.perf_counter()
+    if precision is None:
+        precision = resolve_precision(cfg.precision, device)
     steps_per_epoch, total, local_b = step_counts(cfg, len(data), ctx.world_size)
     warmup = int(round(cfg.warmup_ratio * total))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -361,20 +369,22 @@ def train(
     optimizer = make_optimizer(encoder, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
     result = TrainResult(steps=0, total_steps=total, epochs_run=0.0, examples=len(data),
-                         dev_metric=dev.scorer.metric if dev is not None else None)
+                         dev_metric=dev.scorer.metric if dev is not None else None, precision=precision)
     s = LoopState(cfg, encoder, tokenizer, optimizer, scheduler, result, fp, steps_per_epoch, Path(ckpt_dir),
-                  dev, device, ctx)
+                  dev, device, ctx, precision)
     resume_or_seed(s)
 
-    bar = tqdm(total=total, initial=s.step, disable=not (progress and ctx.is_main), dynamic_ncols=True,
-               desc=f"train {data.method}")
+    sentences_per_step = cfg.batch_size * data.sentences_per_example
+    bar = Progress(name, total, unit="step", initial=s.step, per_item=sentences_per_step, rate_unit="sentences/s",
+                   logger=log, enabled=progress and ctx.is_main)
+    bar.log(f"{data.method}, {precision} on {describe_device(device)}")
     if s.step == 0 and dev is not None:
         # The base encoder's dev score, for the curve only: the export is always a trained step
         # (STS-B dev alone can rank the base first while the 7-task average prefers the trained one).
         evaluate_dev(s, selectable=False)
-    sentences_per_step = cfg.batch_size * data.sentences_per_example
+        bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f} before training" if result.dev_curve else "")
     s.t_train = time.perf_counter()
-    steps_this_run, perm_epoch, perm = 0, -1, None
+    perm_epoch, perm = -1, None
     while s.step < total:
         epoch, position = divmod(s.step, steps_per_epoch)
         if epoch != perm_epoch:
@@ -387,17 +397,18 @@ def train(
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at step {s.step + 1}; lower variants lr")
         s.step += 1
-        steps_this_run += 1
         result.loss_curve.append({"step": s.step, "epoch": round(s.step / steps_per_epoch, 4),
                                   "loss": round(loss, 6), "lr": lr})
-        elapsed = time.perf_counter() - s.t_train
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", sent_s=f"{steps_this_run * sentences_per_step / elapsed:.0f}")
+        bar.update(1, loss=f"{loss:.4f}")
         if dev is not None and ((cfg.eval_steps and s.step % cfg.eval_steps == 0) or s.step == total):
             evaluate_dev(s)
+            if result.best_dev_score is not None:
+                bar.fields["best_dev"] = f"{result.best_dev_score:.2f} (step {result.best_step})"
+            bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f}" if ctx.is_main and result.dev_curve else "")
         if cfg.checkpoint_steps and (s.step % cfg.checkpoint_steps == 0 or s.step == total):
             save_checkpoint(s)
-    bar.close()
+            bar.log("checkpoint saved")
+    bar.log("done")
     restore_attention(encoder.backbone, previous_attention)
 
     result.train_s = s.train_s()
@@ -436,6 +447,7 @@ def run_training(
         torch_device = torch.device(pick_device(requested, ctx.local_rank if ctx.enabled else None))
         if torch_device.type == "cuda":
             torch.cuda.set_device(torch_device)
+        precision = resolve_precision(cfg.precision, torch_device, key=f"variants.{variant}.precision")
         resolved = resolve_model(cfg.base_model)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         texts = load_training_texts(data_dir, cfg.corpus, cfg.method, cfg.max_train_samples)
@@ -445,7 +457,8 @@ def run_training(
         encoder = SimCSEEncoder.from_pretrained(resolved, cfg.pooler, cfg.mlp, cfg.mlp_only_train)
         dev_cfg = DevConfig(dev, infer_len, dev_batch_size) if dev is not None else None
         result, best_state = train(cfg, data, encoder, tokenizer, ckpt_dir=ckpt_dir, dev=dev_cfg,
-                                   device=torch_device, ctx=ctx, progress=progress)
+                                   device=torch_device, ctx=ctx, progress=progress, precision=precision,
+                                   name=f"train@{variant}")
         if not ctx.is_main:
             return None
         if best_state is not None:
@@ -500,6 +513,7 @@ def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, vari
         "world_size": world_size,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        **precision_record(result.precision, device),
     }
     metrics_dir = Path(metrics_dir)
     write_curves(metrics_dir, result.loss_curve, result.dev_curve)

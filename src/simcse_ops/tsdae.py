@@ -20,8 +20,8 @@ the decoder's only input by ~sqrt(H)); the exported model keeps Normalize, as th
 
 The loop follows trainer.py: the variant's corpus column `text` truncated to `max_seq_length`,
 epoch permutations `default_rng(seed + epoch)`, AdamW (no decay on 1-d parameters), linear warm-up
-and decay, gradient clipping, bf16 autocast when `precision` says so (CPU too) or on CUDA under
-`auto`. Model selection with a `DevScorer` every `eval_steps` and at the end: the best step is
+and decay, gradient clipping, the precision of `hardware.resolve_precision` (bf16 autocast where
+the device multiplies bf16 natively), progress lines as trainer.py's. Model selection with a `DevScorer` every `eval_steps` and at the end: the best step is
 exported. Checkpoints (`checkpoint_steps`) are checkpoint.py's `Checkpoint`, with the encoder
 and decoder weights, so a killed run resumes and reproduces the uninterrupted one. One process
 only (no torchrun).
@@ -43,7 +43,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
 from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
-from tqdm.auto import tqdm
 
 from simcse_ops.checkpoint import (
     Checkpoint,
@@ -57,8 +56,10 @@ from simcse_ops.checkpoint import (
 from simcse_ops.config import ConfigError, VariantConfig
 from simcse_ops.encoder import load_sentence_transformer, pick_device
 from simcse_ops.files import atomic_path
+from simcse_ops.hardware import Precision, autocast, describe_device, resolve_precision
+from simcse_ops.progress import Progress
 from simcse_ops.sts import DevScorer
-from simcse_ops.trainer import TrainResult, autocast_for, linear_schedule, make_optimizer, write_training_metrics
+from simcse_ops.trainer import TrainResult, linear_schedule, make_optimizer, write_training_metrics
 from simcse_ops.training_data import epoch_permutation, load_training_texts
 
 log = logging.getLogger(__name__)
@@ -105,14 +106,14 @@ def corpus_fingerprint(texts: Sequence[str]) -> str:
 
 
 def tsdae_step(loss_fn, optimizer, scheduler, texts: list[str], noisy: list[str], tokenizer,
-               cfg: VariantConfig, device: torch.device, autocast) -> float:
+               cfg: VariantConfig, device: torch.device, precision: Precision = "fp32") -> float:
     """One optimisation step: reconstruct `texts` from the embeddings of `noisy`; returns the loss."""
 
     def features(batch: list[str]) -> dict[str, torch.Tensor]:  # (B, T), T <= max_seq_length
         enc = tokenizer(batch, padding=True, truncation=True, max_length=cfg.max_seq_length, return_tensors="pt")
         return {k: v.to(device) for k, v in enc.items()}
 
-    with autocast():
+    with autocast(precision, device):
         loss = loss_fn([features(noisy), features(texts)], labels=None)
     loss.backward()
     if cfg.max_grad_norm and cfg.max_grad_norm > 0:
@@ -194,9 +195,12 @@ def train_tsdae(
     dev_batch_size: int = 128,
     device: torch.device = torch.device("cpu"),
     progress: bool = True,
+    precision: Precision | None = None,
+    name: str = "train tsdae",
 ) -> tuple[TrainResult, dict | None]:
     """Train `loss_fn`'s encoder (shared with `model`) in place; returns the result and the best
-    dev state dict of `loss_fn.encoder` (None: keep the final weights).
+    dev state dict of `loss_fn.encoder` (None: keep the final weights). `precision` None:
+    `resolve_precision(cfg.precision, device)`; `name` starts each progress line.
 
     Step t (1-based) takes positions (t-1) mod S of epoch (t-1) // S's permutation (S steps per
     epoch, the last incomplete batch dropped) and the noise of `noisy_batch(..., seed, t - 1)`.
@@ -212,16 +216,20 @@ def train_tsdae(
     loss_fn.to(device).train()
     optimizer = make_optimizer(loss_fn, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_schedule(s, warmup, total))
-    autocast = lambda: autocast_for(cfg, device)  # noqa: E731
+    if precision is None:
+        precision = resolve_precision(cfg.precision, device)
     result = TrainResult(steps=0, total_steps=total, epochs_run=0.0, examples=n,
-                         dev_metric=dev.metric if dev is not None else None)
+                         dev_metric=dev.metric if dev is not None else None, precision=precision)
     ckpt = _Checkpointer(ckpt_dir, run_fingerprint(cfg, corpus_fingerprint(texts), 1), cfg, result.dev_metric)
     step, prior_train_s, best_state = _start(ckpt, loss_fn, optimizer, scheduler, result, cfg)
     embed = make_st_embed_fn(model, loss_fn, dev_batch_size)
 
-    bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, desc="train tsdae")
+    bar = Progress(name, total, unit="step", initial=step, per_item=cfg.batch_size, rate_unit="sentences/s",
+                   logger=log, enabled=progress)
+    bar.log(f"tsdae, {precision} on {describe_device(device)}")
     if step == 0 and dev is not None:
         evaluate_tsdae_dev(dev, embed, step, result, loss_fn, ckpt, selectable=False)  # the base, curve only
+        bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f} before training")
     t_train, perm_epoch, perm = time.perf_counter(), -1, None
     while step < total:
         epoch, position = divmod(step, steps_per_epoch)
@@ -230,21 +238,23 @@ def train_tsdae(
         batch = [texts[i] for i in perm[position * cfg.batch_size:(position + 1) * cfg.batch_size]]
         noisy = noisy_batch(batch, cfg.tsdae_deletion_ratio, cfg.seed, step)
         lr = scheduler.get_last_lr()[0]
-        loss = tsdae_step(loss_fn, optimizer, scheduler, batch, noisy, tokenizer, cfg, device, autocast)
+        loss = tsdae_step(loss_fn, optimizer, scheduler, batch, noisy, tokenizer, cfg, device, precision)
         if not math.isfinite(loss):
             raise FloatingPointError(f"tsdae loss became {loss} at step {step + 1}; lower the variant's lr")
         step += 1
         result.loss_curve.append({"step": step, "epoch": round(step / steps_per_epoch, 4),
                                   "loss": round(loss, 6), "lr": lr})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update(1, loss=f"{loss:.4f}")
         if dev is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
             new_best = evaluate_tsdae_dev(dev, embed, step, result, loss_fn, ckpt)
             best_state = best_state if new_best is None else new_best
+            bar.fields["best_dev"] = f"{result.best_dev_score:.2f} (step {result.best_step})"
+            bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f}")
         if cfg.checkpoint_steps and (step % cfg.checkpoint_steps == 0 or step == total):
             ckpt.save(step, steps_per_epoch, loss_fn, optimizer, scheduler, result,
                       prior_train_s + time.perf_counter() - t_train)
-    bar.close()
+            bar.log("checkpoint saved")
+    bar.log("done")
     result.train_s = prior_train_s + time.perf_counter() - t_train
     result.steps, result.epochs_run = step, step / steps_per_epoch
     result.sentences_per_s = step * cfg.batch_size / result.train_s if result.train_s > 0 else 0.0
@@ -293,10 +303,12 @@ def run_tsdae(
         raise ConfigError(f"variants.{variant}.tsdae_deletion_ratio: expected a number in [0, 1), "
                           f"got {cfg.tsdae_deletion_ratio}")
     torch_device = torch.device(pick_device(device))
+    precision = resolve_precision(cfg.precision, torch_device, key=f"variants.{variant}.precision")
     texts = load_training_texts(data_dir, cfg.corpus, "unsup", cfg.max_train_samples)["text"]
     model, loss_fn = build_tsdae(cfg.base_model, cfg.seed)
     result, best_state = train_tsdae(cfg, texts, model, loss_fn, ckpt_dir=Path(ckpt_dir), dev=dev,
-                                     dev_batch_size=dev_batch_size, device=torch_device, progress=progress)
+                                     dev_batch_size=dev_batch_size, device=torch_device, progress=progress,
+                                     precision=precision, name=f"train@{variant}")
     if best_state is not None:
         loss_fn.encoder.load_state_dict(best_state)
     model.to("cpu")
