@@ -91,7 +91,8 @@ class Progress:
         parts = [count]
         fresh = self.done - self.initial
         if fresh > 0 and elapsed > 0:
-            parts.append(f"{fresh * self.per_item / elapsed:.0f} {self.rate_unit}")
+            rate = fresh * self.per_item / elapsed
+            parts.append(f"{rate:.0f} {self.rate_unit}" if rate >= 100 else f"{rate:.3g} {self.rate_unit}")
         parts.append(f"elapsed {duration(elapsed)}")
         if self.total is not None and fresh > 0 and self.done < self.total:
             parts.append(f"ETA {duration((self.total - self.done) * elapsed / fresh)}")
