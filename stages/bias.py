@@ -13,6 +13,7 @@ from simcse_ops.bias import load_seat_tests, probe_model
 from simcse_ops.config import load_params
 from simcse_ops.errors import run_main
 from simcse_ops.files import atomic_path, write_json
+from simcse_ops.progress import configure_logging
 
 CSV_FIELDS = ("test", "effect_size", "p_value", "p_value_holm", "significant")
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="metrics folder (metrics/<variant>)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging()  # progress lines of long encodes
 
     params = load_params(args.params)
     params.variant(args.variant)  # unknown variant -> error listing the known ones

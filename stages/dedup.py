@@ -15,6 +15,7 @@ from pathlib import Path
 from simcse_ops.config import load_params
 from simcse_ops.dedup import run_dedup
 from simcse_ops.errors import run_main
+from simcse_ops.progress import configure_logging
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--metrics", type=Path, required=True, help="counts per reason (JSON)")
     ap.add_argument("--audit", type=Path, required=True, help="every removed row (Parquet)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
 
     params = load_params(args.params)
     metrics = run_dedup(params, args.data, args.out, args.metrics, args.audit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from simcse_ops.config import load_params
 from simcse_ops.errors import run_main
 from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
 from simcse_ops.files import atomic_path, write_json
+from simcse_ops.progress import configure_logging
+
+log = logging.getLogger("stages.evaluate")
 
 
 def write_csv(path: Path, header: list[str], rows: list) -> None:
@@ -62,19 +66,24 @@ def main(argv: list[str] | None = None) -> None:
                     help="its model folder (models/base), scored beside a domain variant on its tasks")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging()  # progress lines of long encodes
 
     params = load_params(args.params)
     params.variant(args.variant)  # unknown variant -> error listing the known ones
     if params.variant(args.variant).domain_tasks and args.variant != args.baseline and not args.baseline_model:
         ap.error("a domain variant needs --baseline and --baseline-model (models/base)")
+    log.info("evaluate@%s: %d STS tasks with torch", args.variant, len(params.evaluate.tasks))
     result = evaluate_model(params, args.model, args.data)
     result = {**result, "variant": args.variant}
     if args.exports is not None:  # after the torch fields, which stay as they were
+        log.info("evaluate@%s: the STS tasks with the ONNX backends of %s", args.variant, args.exports)
         result["backends"] = evaluate_backends(params, args.model, args.exports, args.data, result)
     write_json(args.out / "sts.json", result)
 
     write_csv(args.out / "sts_tasks.csv", ["task", "spearman"],
               [[t, result[t]] for t in [*params.evaluate.tasks, "avg"]])
+    if params.variant(args.variant).domain_tasks:
+        log.info("evaluate@%s: domain tasks %s", args.variant, ", ".join(params.variant(args.variant).domain_tasks))
     run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data, args.out)
 
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])

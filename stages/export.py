@@ -17,6 +17,7 @@ from pathlib import Path
 from simcse_ops.backends import export_onnx
 from simcse_ops.config import load_params
 from simcse_ops.errors import run_main
+from simcse_ops.progress import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="export folder (exports/<variant>)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging()  # progress lines of long encodes
 
     load_params(args.params).variant(args.variant)  # unknown variant -> error listing the known ones
     paths = export_onnx(args.model, args.out)

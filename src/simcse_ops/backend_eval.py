@@ -76,10 +76,11 @@ def evaluate_backends(params: Params, model_path: str | Path, export_dir: str | 
     tasks = load_tasks(params, data_dir)
     sample = parity_sample(tasks)
     model = load_sentence_transformer(model_path, max_seq_length=cfg.max_seq_length, device=cfg.device)
-    torch_sample = encode(model, sample, batch_size=cfg.batch_size)
+    torch_sample = encode(model, sample, batch_size=cfg.batch_size, what=f"evaluate {model_path}: parity sample")
     del model
     embeds = {}
     for name in ONNX_BACKENDS:
         encoder = load_encoder(model_path, name, onnx_dir=export_dir)
-        embeds[name] = lambda s, e=encoder: e.encode(s, batch_size=cfg.batch_size)
+        what = f"evaluate {model_path}: {name} on the STS tasks"
+        embeds[name] = lambda s, e=encoder, w=what: e.encode(s, batch_size=cfg.batch_size, what=w)
     return backends_record(torch_result, embeds, tasks, sample, torch_sample, params.serve.int8_max_drop)

@@ -43,6 +43,7 @@ import numpy as np
 
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
 from simcse_ops.files import atomic_path
+from simcse_ops.progress import Progress
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_FILE = "model.onnx"
@@ -364,10 +365,15 @@ def export_onnx(model_dir: Path | str, out_dir: Path | str, int8: Int8Settings =
     pipeline = read_pipeline(model_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
+        progress = Progress(f"export {model_dir}", 2, unit="phase")
+        progress.log("tracing the fp32 ONNX graph")
         start = time.perf_counter()
         graph = export_fp32(pipeline, tmp / ONNX_FILE)
         exported = time.perf_counter()
+        progress.update(1)
+        progress.log(f"quantizing to int8 ({int8.ffn} FFN)")
         quant = quantize_int8(tmp / ONNX_FILE, tmp / INT8_FILE, int8)
+        progress.update(1)
         info = {
             "model_dir": str(model_dir), **graph, "pooling": list(pipeline.pooling),
             "normalize": pipeline.normalize, "int8": quant, "versions": _versions(),
@@ -412,16 +418,20 @@ class OnnxEncoder:
         emb = pool(tokens, enc["attention_mask"], self.pipeline.pooling)
         return l2_normalize(emb) if self.pipeline.normalize else emb
 
-    def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embed `sentences` -> float32 array (N, D), in the order given."""
+    def encode(self, sentences: list[str], batch_size: int = 64, what: str | None = None) -> np.ndarray:
+        """Embed `sentences` -> float32 array (N, D), in the order given; `what`: log progress
+        lines as `encoder.encode` does."""
         sentences = list(sentences)
         if not sentences:
             dim = self.session.get_outputs()[0].shape[-1]
             return np.zeros((0, (dim if isinstance(dim, int) else 0) * len(self.pipeline.pooling)), np.float32)
         # Longest first, as sentence-transformers batches: little padding per batch.
         order = np.argsort([-len(s) for s in sentences], kind="stable")
-        parts = [self._embed([sentences[i] for i in order[k:k + batch_size]])
-                 for k in range(0, len(order), batch_size)]
+        progress = Progress(what or "", len(sentences), unit="sentences", enabled=what is not None)
+        parts = []
+        for k in range(0, len(order), batch_size):
+            parts.append(self._embed([sentences[i] for i in order[k:k + batch_size]]))
+            progress.update(len(parts[-1]))
         out = np.empty((len(sentences), parts[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(parts)
         return out
@@ -441,8 +451,8 @@ class TorchEncoder:
         self.model = load_sentence_transformer(model_dir, device=device)
         self.max_seq_length = int(self.model.max_seq_length)
 
-    def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
-        return encode(self.model, sentences, batch_size)
+    def encode(self, sentences: list[str], batch_size: int = 64, what: str | None = None) -> np.ndarray:
+        return encode(self.model, sentences, batch_size, what=what)
 
 
 def load_encoder(

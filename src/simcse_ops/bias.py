@@ -397,7 +397,8 @@ def probe_model(cfg: BiasConfig, model_path: str | Path, tests: Mapping[str, Sea
     """Load the model and run the SEAT tests on it."""
 
     model = load_sentence_transformer(model_path, max_seq_length=cfg.max_seq_length, device=cfg.device)
-    result = run_seat(tests, lambda s: encode(model, s, batch_size=cfg.batch_size), cfg)
+    what = f"bias {model_path}: SEAT sentences"
+    result = run_seat(tests, lambda s: encode(model, s, batch_size=cfg.batch_size, what=what), cfg)
     result["model"] = {"path": str(model_path), "max_seq_length": model.max_seq_length, "device": str(model.device)}
     return result
 

@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from simcse_ops.config import MAX_NGRAM, ConfigError, DedupConfig, Params
 from simcse_ops.errors import DataError
 from simcse_ops.files import atomic_path, write_json
+from simcse_ops.progress import Progress
 from simcse_ops.readers import FORMATS
 from simcse_ops.schemas import KINDS, TRAINED_KINDS
 
@@ -814,11 +815,19 @@ def _per_side_near_pairs(sets: ShingleSets, width: int, cfg: DedupConfig, alive:
     return NearPairs(pairs.i[m], pairs.j[m], jac[m], {**pairs.stats, "near_pairs": int(m.sum())})
 
 
-def clean_items(items: Items, ev: EvalSentences, cfg: DedupConfig) -> Cleaned:
-    """Phases 1-3 on one kind's items: each phase sees only the items the earlier ones kept."""
+def clean_items(items: Items, ev: EvalSentences, cfg: DedupConfig, progress: Progress | None = None) -> Cleaned:
+    """Phases 1-3 on one kind's items: each phase sees only the items the earlier ones kept.
+    `progress` gets a line as each phase starts and is advanced by the items at the end."""
+    n = len(items.source)
+    say = progress.log if progress is not None else (lambda note: None)
+    say(f"{items.kind}: decontaminating {n} rows against {len(ev.unique)} distinct evaluation sentences")
     contaminated, decon_stats = decontaminate(items, ev, cfg)
+    say(f"{items.kind}: exact duplicates")
     removed = {**contaminated, **remove_exact_duplicates(items, _alive(items, contaminated), cfg)}
+    say(f"{items.kind}: near duplicates (MinHash LSH)")
     near, near_stats = remove_near_duplicates(items, _alive(items, removed), cfg)
+    if progress is not None:
+        progress.update(n)
     search = {f"decontamination/{items.kind}": decon_stats, f"dedup/{items.kind}": near_stats}
     return Cleaned(items, {**removed, **near}, {k: v for k, v in search.items() if v is not None})
 
@@ -913,7 +922,9 @@ def deduplicate(
     are not compared (the validate stage rejects them) and are counted as `null_rows`.
     """
     ev = eval_sentences(evals)
-    cleaned = [clean_items(items, ev, cfg) for items in training_items(train)]
+    kinds = training_items(train)
+    progress = Progress("dedup", sum(len(items.source) for items in kinds), unit="rows")
+    cleaned = [clean_items(items, ev, cfg, progress) for items in kinds]
     keep = {n: mask for c in cleaned for n, mask in c.keep().items()}
     return DedupResult(keep=keep, audit=audit_table(cleaned, list(train)),
                        metrics=summarise(cleaned, list(train), ev))

@@ -14,12 +14,14 @@ Inference always runs at the model's own maximum length unless told otherwise: S
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from simcse_ops.files import atomic_path
+from simcse_ops.progress import forward_progress
 from simcse_ops.uris import download_registered_model
 
 DEFAULT_MODEL = "default"
@@ -96,18 +98,25 @@ def load_sentence_transformer(
     return model
 
 
-def encode(model, sentences: list[str], batch_size: int = 128) -> np.ndarray:
-    """Embed `sentences` -> float32 array (N, D), not normalised."""
+def encode(model, sentences: list[str], batch_size: int = 128, what: str | None = None) -> np.ndarray:
+    """Embed `sentences` -> float32 array (N, D), not normalised.
+
+    `what` (e.g. "evaluate models/sup-nli: 7 STS tasks"): log a progress line at most every 30 s
+    while encoding (`progress.forward_progress`; the embeddings are the same either way).
+    """
     if not sentences:
         dim = model.get_sentence_embedding_dimension()
         return np.zeros((0, dim or 0), dtype=np.float32)
-    emb = model.encode(
-        list(sentences),
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-        normalize_embeddings=False,
-    )
+    with contextlib.ExitStack() as stack:
+        if what is not None:
+            stack.enter_context(forward_progress(model, what, len(sentences)))
+        emb = model.encode(
+            list(sentences),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            normalize_embeddings=False,
+        )
     return np.asarray(emb, dtype=np.float32)
 
 

@@ -47,7 +47,8 @@ def evaluate_model(params: Params, model_path: str | Path, data_dir: Path | str)
     cfg = params.evaluate
     tasks = load_tasks(params, data_dir)
     model = load_sentence_transformer(model_path, max_seq_length=cfg.max_seq_length, device=cfg.device)
-    result = evaluate_sts(lambda s: encode(model, s, batch_size=cfg.batch_size), tasks)
+    what = f"evaluate {model_path}: {len(tasks)} STS tasks"
+    result = evaluate_sts(lambda s: encode(model, s, batch_size=cfg.batch_size, what=what), tasks)
     result["model"] = {
         "path": str(model_path),
         "max_seq_length": model.max_seq_length,
@@ -135,7 +136,8 @@ def _embedder(params: Params, model_path: str | Path):
     chunker = None
     if cfg.long_documents == "max_chunk":
         chunker = domain.make_chunker(model.tokenizer, model.max_seq_length)
-    return (lambda s: encode(model, s, batch_size=cfg.batch_size)), chunker
+    what = f"evaluate {model_path}: domain task"
+    return (lambda s: encode(model, s, batch_size=cfg.batch_size, what=what)), chunker
 
 
 def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
