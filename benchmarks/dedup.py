@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     full, full_truth = build(pool, args.size, int(args.size * args.planted_fraction), cfg, args.seed + 1)
     prep_s = time.perf_counter() - t0
 
+    from simcse_ops.hardware import machine_report
+
     out: dict = {
         "benchmark": "dedup_near_duplicates",
         "params": {"ngram": cfg.ngram, "threshold": cfg.threshold, "num_perm": cfg.num_perm,
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
             "datasketch": "normalize + shingles (Python) -> MinHash.generator (bulk) -> "
                           "MinHashLSH.query/insert -> exact Jaccard on the shingle sets -> greedy",
         },
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {**machine_report(), "python": platform.python_version(),
                     "load_avg_1m": round(os.getloadavg()[0], 2)},
     }
     removed, wall, cpu = run_ours(small, cfg)

@@ -130,9 +130,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.chdir(ROOT)
+    from simcse_ops.hardware import machine_report
+
     for name in args.configs:
         line = run_config(name, CONFIGS[name], args.out, not args.no_sts, args.tasks)
-        print(json.dumps(line), flush=True)
+        print(json.dumps({**line, "machine": machine_report()}), flush=True)
         sys.stdout.flush()
 
 

@@ -76,8 +76,6 @@ def main() -> None:
     ap.add_argument("--n-resamples", type=int, default=1000)
     args = ap.parse_args()
 
-    import torch
-
     from simcse_ops.domain import make_chunker, score_bm25, score_retrieval
     from simcse_ops.encoder import encode, load_sentence_transformer
     from simcse_ops.stats import paired_bootstrap
@@ -96,14 +94,15 @@ def main() -> None:
         keep = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
         return {**{k: r.metrics[k] for k in keep}, "wall_s": r.timing["total_s"]}
 
+    from simcse_ops.hardware import machine_report
+
     out: dict = {
         "benchmark": "domain_long_docs",
         "data": "PubMedQA PQA-L dev side: 500 non-test questions vs all 1,000 articles",
         "model": args.model,
         "max_seq_length": max_len,
         "overlap": args.overlap,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        "machine": machine_report(),
         "python": platform.python_version(),
         "query_wordpieces": length_stats(tokenizer, queries["text"].tolist(), max_len),
     }

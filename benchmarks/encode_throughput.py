@@ -6,7 +6,8 @@ each, shuffled together - are embedded by every backend at batch 32 and 128, tor
 onnxruntime both at `--threads` (2) intra-op threads, in one process:
 
 - torch: `SentenceTransformer.encode` in fp32 (`simcse_ops.encoder.encode`): the BASELINE;
-- torch-bf16: the same call inside `torch.autocast("cpu", dtype=torch.bfloat16)`;
+- torch-bf16: the same call inside bf16 autocast (`simcse_ops.hardware.autocast`; on a CPU
+  without AMX-BF16 or AVX512-BF16, `resolve_precision` warns that it is emulated and slow);
 - onnx: `simcse_ops.backends.OnnxEncoder` on the fp32 graph of `backends.export_onnx`;
 - onnx-int8: the same on its int8 graph (`backends.Int8Settings`, reported as `int8_settings`
   from the export's backend.json: an export made before the blockwise feed-forward MatMuls
@@ -55,7 +56,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -189,12 +189,15 @@ class Bf16:
     """The torch encoder with every encode inside bf16 autocast."""
 
     def __init__(self, inner):
+        from simcse_ops.hardware import resolve_precision
+
         self.inner = inner
+        self.precision = resolve_precision("bf16", "cpu", key="--backends torch-bf16")
 
     def encode(self, sentences, batch_size=64):
-        import torch
+        from simcse_ops.hardware import autocast
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(self.precision, "cpu"):
             return self.inner.encode(sentences, batch_size)
 
 
@@ -361,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
                           "backends_found": sorted(sts)}
     table, best = summarise(speeds, emb, sts)
     lengths = sorted(len(s) for s in sentences)
+    from simcse_ops.hardware import machine_report
+
     print(json.dumps({
         "benchmark": "encode_throughput",
         "model": args.model, "model_dir": str(model_dir),
@@ -377,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         "int8_settings": int8,
         "ort_graph_optimization_level": str(ort.SessionOptions().graph_optimization_level),
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": machine_report(),
         "seconds": round(time.perf_counter() - t_start, 1),
     }), flush=True)
 

@@ -1,8 +1,10 @@
-"""GPU training throughput of the SimCSE step on a BERT-base-shaped encoder in bf16.
+"""GPU training throughput of the SimCSE step on a BERT-base-shaped encoder, in the precision the
+training would use there (`--precision auto`: bf16 autocast on a GPU with bf16, else fp32;
+`simcse_ops.hardware.resolve_precision`).
 
 A randomly initialised BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30,522; the
 weights do not change the speed) trained with our unsupervised step (`simcse_ops.trainer.train_step`,
-one forward over [x, x], bf16 autocast, AdamW, clipping) on random token ids with lengths drawn in
+one forward over [x, x], autocast as resolved, AdamW, clipping) on random token ids with lengths drawn in
 [8, max_seq_length] and dynamic padding. Reports sentences/s and the projected time of a
 1M-sentence unsupervised epoch (target on one H200: under 3 minutes). Prints one JSON line.
 
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--length-groups", type=int, default=1,
                     help="forward passes per step over rows of similar length (1: one padded pass)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder (dynamic shapes)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="as params.yaml variants.<V>.precision (default auto)")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script")
     ap.add_argument("--layers", type=int, default=12, help="BERT-base: 12 (smaller only for smoke tests)")
     ap.add_argument("--hidden", type=int, default=768, help="BERT-base: 768 (smaller only for smoke tests)")
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from simcse_ops.config import VariantConfig
     from simcse_ops.model import SimCSEEncoder
-    from simcse_ops.trainer import autocast_for, linear_schedule, make_optimizer, train_step
+    from simcse_ops.hardware import autocast, machine_report, resolve_precision
+    from simcse_ops.trainer import linear_schedule, make_optimizer, train_step
 
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
                         max_position_embeddings=512)
     enc = SimCSEEncoder(BertModel(config), pooler="cls", mlp=True, mlp_only_train=False).to(device).train()
     cfg = VariantConfig(method="unsup", batch_size=args.batch_size, lr=3e-5, max_seq_length=args.max_seq_length,
-                        precision="bf16", length_groups=args.length_groups)
+                        precision=args.precision, length_groups=args.length_groups)
+    precision = resolve_precision(args.precision, device, key="--precision")
     total = args.warmup + args.steps
     opt = make_optimizer(enc, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, 0, total))
@@ -75,13 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = [rng.integers(1000, config.vocab_size, size=int(n)) for n in rng.integers(8, L + 1, size=b)]
         batches.append(rows + rows)
 
-    autocast = lambda: autocast_for(cfg, device)  # noqa: E731
     start = None
     for step, rows in enumerate(batches):
         if step == args.warmup:
             sync()
             start = time.perf_counter()
-        train_step(enc, opt, sched, rows, 0, 2, cfg, autocast=autocast, device=device)
+        train_step(enc, opt, sched, rows, 0, 2, cfg, autocast=lambda: autocast(precision, device), device=device)
     sync()
     elapsed = time.perf_counter() - start
     sps = args.steps * b / elapsed
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "gpu_throughput",
         "device": torch.cuda.get_device_name(0) if on_cuda else "cpu (smoke test)",
         "model": f"bert shape {args.layers}x{args.hidden}, random weights",
-        "precision": "bf16 autocast",
+        "precision": precision,
         "compile": args.compile,
         "length_groups": args.length_groups,
         "batch_size": b,
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "epoch_sentences": args.epoch_sentences,
         "epoch_minutes": round(args.epoch_sentences / sps / 60, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
-        "torch": torch.__version__,
+        "machine": machine_report(),
     }))
 
 

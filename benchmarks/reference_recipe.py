@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -94,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(args.params)
         result = evaluate_model(params, out, args.eval_data)
     tasks = list(params.evaluate.tasks)
+    from simcse_ops.hardware import machine_report
+
     print(json.dumps({
         "benchmark": "reference_recipe",
         "recipe": "SentenceTransformerTrainer + MultipleNegativesRankingLoss(scale=20), mean pooling",
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         "sentences_per_s": round(len(ds) * args.epochs / train_s, 1),
         "sts": {t: result[t] for t in tasks},
         "avg": result["avg"],
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine_report(),
     }))
 
 

@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         onnx_dir = ensure_exports(model_dir, args.exports, str(tmp)) if any(b != "torch" for b in backends) else None
         for backend in backends:
             results.append(bench_backend(backend, model_dir, onnx_dir, tmp, serve_cfg, requests, levels, args))
+    from simcse_ops.hardware import machine_report
+
     print(json.dumps({
         "benchmark": "serve_load",
         "model": args.model, "model_dir": str(model_dir),
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                   "max_chars": serve_cfg.max_chars},
         "results": results,
         "total_errors": sum(row["errors"] for r in results for row in r["levels"]),
-        "cpu_count": os.cpu_count(),
+        "machine": machine_report(),
         "seconds": round(time.perf_counter() - t_start, 1),
     }), flush=True)
 

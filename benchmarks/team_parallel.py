@@ -18,8 +18,6 @@ deployment run` calls to both runs final.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -82,9 +80,11 @@ def main() -> None:
             sequential = both_retrains(local, project)
         finally:
             local.stop_all()
+    from simcse_ops.hardware import machine_report
+
     print(json.dumps({
         "benchmark": "team_parallel", "project": "tiny (tests/integration/tiny_project.py)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_report(),
         "team_parallel": team, "today_sequential": sequential,
         "speedup_wall": round(sequential["wall_s"] / team["wall_s"], 2),
     }))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -64,7 +63,8 @@ def bench_ours(model_name: str, sentences: list[str], args, precision: str, plai
     from simcse_ops.config import VariantConfig
     from simcse_ops.encoder import resolve_model
     from simcse_ops.model import SimCSEEncoder
-    from simcse_ops.trainer import autocast_for, configure_dropout, linear_schedule, make_optimizer, train_step
+    from simcse_ops.hardware import autocast, resolve_precision
+    from simcse_ops.trainer import configure_dropout, linear_schedule, make_optimizer, train_step
     from simcse_ops.training_data import TrainingSet, tokenize_column
 
     extra = {"length_groups": 1, "dropout_impl": "native"} if plain else {}
@@ -79,7 +79,7 @@ def bench_ours(model_name: str, sentences: list[str], args, precision: str, plai
     total = args.warmup + args.steps
     opt = make_optimizer(enc, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, 0, total))
-    autocast = lambda: autocast_for(cfg, device)  # noqa: E731
+    effective = resolve_precision(precision, device, key="--precisions")  # bf16 on a CPU without it: a warning
     b = args.batch_size
     t_tok = time.perf_counter()
     data = TrainingSet("unsup", {"text": tokenize_column(tok, sentences, args.max_seq_length)})
@@ -89,7 +89,7 @@ def bench_ours(model_name: str, sentences: list[str], args, precision: str, plai
         if step == args.warmup:
             start = time.perf_counter()
         train_step(enc, opt, sched, data.rows(np.arange(step * b, (step + 1) * b)), tok.pad_token_id, 2, cfg,
-                   autocast=autocast, device=device)
+                   autocast=lambda: autocast(effective, device), device=device)
     elapsed = time.perf_counter() - start + t_tok * args.steps / total  # the measured steps' share
     return args.steps * b / elapsed
 
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_plain": round(best["ours_plain"] / best["st"], 3),
             "rounds": {k: [round(x, 2) for x in v] for k, v in r.items()},
         }
+    from simcse_ops.hardware import machine_report
+
     print(json.dumps({
         "benchmark": "train_throughput",
         "baseline": "SentenceTransformerTrainer + MultipleNegativesRankingLoss, same precision",
@@ -187,12 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "results": results,
         "data": data or "synthetic",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "machine": machine_report(),
     }))
 
 

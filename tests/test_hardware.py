@@ -151,3 +151,17 @@ def test_autocast_enters_bf16_only_for_bf16():
     with hardware.autocast("bf16", torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu")
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_every_benchmark_records_the_machine_report():
+    """Each benchmark's JSON line carries `machine_report()`, not a bare `x86_64`."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = sorted(root.glob("*.py"))
+    assert scripts
+    for path in scripts:
+        text = path.read_text(encoding="utf-8")
+        assert '"machine": machine_report()' in text or '"machine": {**machine_report()' in text, \
+            f"{path.name}: its JSON line has no machine_report()"
+        assert "platform.machine()" not in text and "platform.processor()" not in text, path.name

@@ -1,7 +1,8 @@
 """The model card of a registered version: markdown, built from what registration gathered.
 
 `model_card` writes, in order: the title and description, the data (sources, DVC md5 of the
-datasets, git commit), the hyper-parameters, the STS table (the variant beside base and the
+datasets, git commit), the hyper-parameters, the hardware that trained it (train.json's effective
+precision and CPU class: bf16 and fp32 metrics differ slightly), the STS table (the variant beside base and the
 champion, on the served backend), the serving backends (`backends_section`), the domain tasks (`domain_table`: bootstrap intervals per model), the bias table
 (SEAT), the promotion gate's decision and reasons, and the intended use and limits. The card is
 uploaded with the model (`model_card/model_card.md` of the run, and inside the pyfunc model) and
@@ -38,12 +39,15 @@ def model_card(
     lineage: Mapping[str, str],
     tasks: list[str],
     domain_path: Path | None = None,
+    train_path: Path | None = None,
 ) -> str:
     """Markdown: data, hyper-parameters, the 7-task table, the domain tasks (with intervals, base,
     BM25 and the champion beside the variant), the bias table, the gate, use and limits."""
     lines = [f"# {name}", "", vcfg.description or f"SimCSE variant `{variant}`.", ""]
     lines += _data_section(vcfg, params, lineage)
     lines += _hyperparameters_section(vcfg)
+    if train_path is not None and Path(train_path).is_file():
+        lines += training_hardware_section(read_json(train_path))
     lines += _sts_section(variant, scores, base, champion, champion_label, tasks)
     lines += backends_section(scores)
     if domain_path is not None and Path(domain_path).is_file():
@@ -80,6 +84,20 @@ def _hyperparameters_section(vcfg: Any) -> list[str]:
         hp = {k: hp[k] for k in ("method", "base_model", "pooler") if k in hp}
     return ["## Hyper-parameters", "",
             _table(["parameter", "value"], [[k, f"`{v}`"] for k, v in hp.items() if k != "description"])]
+
+
+def training_hardware_section(train: Mapping[str, Any]) -> list[str]:
+    """The effective precision and the machine of a training (train.json); the metrics of a
+    bf16 and an fp32 training differ slightly (README "Precision")."""
+    if not train.get("steps"):
+        return ["", "## Training hardware", "", "Not trained: the base encoder as published.", ""]
+    if "precision" not in train:
+        return ["", "## Training hardware", "", "Not recorded (trained before train.json named it).", ""]
+    device = train.get("gpu") or f"{train.get('cpu_model')} ({train.get('cpu_class')})"
+    return ["", "## Training hardware", "",
+            f"Trained in **{train['precision']}** on {device}, {train.get('torch_threads', '?')} threads. "
+            "Metrics of a bf16 and an fp32 training differ slightly; `dvc repro` reproduces these "
+            "figures exactly only in the same precision.", ""]
 
 
 def _sts_section(variant: str, scores: Scores, base: Scores | None, champion: Scores | None,

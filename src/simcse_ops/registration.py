@@ -58,7 +58,7 @@ from simcse_ops.errors import RegistryError
 from simcse_ops.evaluation import rescore_domain_task
 from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, decide
 from simcse_ops.scores import (
-    DOMAIN_ITEMS, DOMAIN_JSON, TORCH, backend_notes, base_scores, gate_inputs, load_domain, load_scores,
+    DOMAIN_ITEMS, DOMAIN_JSON, TORCH, TRAIN_JSON, backend_notes, base_scores, gate_inputs, load_domain, load_scores,
     score_tags, version_scores,
 )
 from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
@@ -237,7 +237,8 @@ def _attach_to_run(params, ev: Gathered, decision: Decision, model_dir: Path, me
                                 [metrics_dir / DOMAIN_JSON, metrics_dir / DOMAIN_ITEMS])
     lineage = {**tracking.lineage_tags(root, ev.variant), "model_sha256": tracking.model_hash(model_dir)}
     card = model_card(ev.name, ev.variant, vcfg, params, scores, ev.base, ev.champion, ev.champ_label, decision,
-                      lineage, ev.g.tasks, domain_path=metrics_dir / DOMAIN_JSON)
+                      lineage, ev.g.tasks, domain_path=metrics_dir / DOMAIN_JSON,
+                      train_path=metrics_dir / TRAIN_JSON)
     return run, lineage, card
 
 

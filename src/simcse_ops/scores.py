@@ -39,6 +39,7 @@ from simcse_ops.store import is_not_found
 from simcse_ops.tracking import retry
 
 DOMAIN_JSON, DOMAIN_ITEMS = "domain.json", "domain_items.json"  # written by the evaluate stage
+TRAIN_JSON = Path("train") / "train.json"  # written by the train stage (its precision and CPU class)
 SERVE_BACKEND_TAG = "serve_backend"
 TORCH = "torch"  # the backend of sts.json's top level and of versions registered before backends
 
