@@ -95,3 +95,18 @@ def test_forward_progress_counts_rows_and_leaves_outputs_alone(caplog):
     assert lines(caplog) == ["evaluate: sentences 10/15 (67%), 0.25 sentences/s, elapsed 40s, ETA 20s"]
     layer(x)  # the hook is gone
     assert p.done == 15
+
+
+def test_forward_progress_counts_sentence_transformers_feature_mappings():
+    from transformers import BatchEncoding
+
+    class FeaturesOut(torch.nn.Module):  # returns a mapping, as SentenceTransformer.forward does
+        def forward(self, x):
+            return BatchEncoding({"sentence_embedding": x})
+
+    clock = FakeClock()
+    module = FeaturesOut()
+    with forward_progress(module, "bias", total=8, clock=clock) as p:
+        module(torch.zeros(3, 2))
+        module(torch.zeros(5, 2))
+    assert p.done == 8

@@ -106,12 +106,12 @@ class Progress:
 def forward_progress(module, what: str, total: int, *, interval_s: float = INTERVAL_S,
                      clock: Callable[[], float] = time.monotonic) -> Iterator[Progress]:
     """Within the block, every forward pass of `module` (a torch module whose output is a tensor
-    or a sentence-transformers features dict) advances a `Progress` of `total` sentences by its
+    or a sentence-transformers features mapping) advances a `Progress` of `total` sentences by its
     batch's rows. The hook only counts: the outputs are unchanged."""
     progress = Progress(what, total, unit="sentences", interval_s=interval_s, clock=clock)
 
     def hook(_module, _args, output) -> None:
-        rows = output["sentence_embedding"] if isinstance(output, dict) else output
+        rows = output if hasattr(output, "shape") else output["sentence_embedding"]
         progress.update(int(rows.shape[0]))
 
     handle = module.register_forward_hook(hook)
