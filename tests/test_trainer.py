@@ -205,10 +205,15 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
 
     from stages.train import main
 
+    from simcse_ops import hardware
+
     torch.set_num_threads(1)
+    # precision auto on an AVX2-only CPU (stubbed: no test depends on the real CPU) -> fp32
+    monkeypatch.setattr(hardware, "cpu_info", lambda: hardware.CpuInfo("AMD EPYC 7B12", "x86_64",
+                                                                       frozenset({"avx2"}), "AVX2"))
     data = write_data(tmp_path / "data")
     params = write_params(tmp_path / "params.yaml", project_root, "sup-nli", base_model=str(tiny_model_dir),
-                          batch_size=16, max_steps=12, eval_steps=5, checkpoint_steps=5, lr=1e-3)
+                          batch_size=16, max_steps=12, eval_steps=5, checkpoint_steps=5, lr=1e-3, precision="auto")
     monkeypatch.chdir(project_root)
     out = tmp_path / "run"
     main(_stage_cmd(params, "sup-nli", data, out)[3:])
@@ -217,6 +222,8 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     assert metrics["steps"] == 12 and metrics["method"] == "sup"
     assert metrics["best_step"] in (5, 10, 12)  # step 0 (the base) is on the curve, never exported
     assert metrics["dev_metric"] == "stsb_dev_spearman" and isinstance(metrics["best_dev_score"], float)
+    assert (metrics["precision"], metrics["cpu_class"], metrics["cpu_model"], metrics["gpu"]) == (
+        "fp32", "x86 AVX2", "AMD EPYC 7B12", None)
     dev_curve = read_curve(out / "metrics" / "dev.csv")
     assert [r["step"] for r in dev_curve] == ["0", "5", "10", "12"] and list(dev_curve[0]) == ["step", "dev_score"]
     assert len(read_curve(out / "metrics" / "loss.csv")) == 12
@@ -242,6 +249,46 @@ def test_sup_stage_writes_a_loadable_model_metrics_and_curves(tmp_path, tiny_mod
     assert run.data.params["lr"] == "0.001"
     assert len(client.get_metric_history(run_id, "loss")) == 12
     assert "sentences_per_s" in run.data.metrics
+    assert run.data.tags["train.precision"] == "fp32" and run.data.tags["train.cpu_class"] == "x86 AVX2"
+
+
+def test_train_logs_progress_at_start_dev_checkpoints_and_end(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """Line progress (no tqdm): the precision and device first, a line at each dev evaluation and
+    checkpoint with step/total, loss and best dev, and a last line; bf16 where the CPU has it."""
+    import logging
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from simcse_ops import hardware
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+    from simcse_ops.training_data import build_training_set
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: hardware.CpuInfo("Xeon", "x86_64", frozenset({"amx_bf16"}), "AVX512"))
+    write_data(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=4, eval_steps=2,
+                        checkpoint_steps=3)
+    scores = iter([1.0, 5.0, 2.0])  # steps 0, 2, 4
+    encoder = SimCSEEncoder.from_pretrained(str(tiny_model_dir))
+    with caplog.at_level(logging.INFO, logger="simcse_ops.trainer"):
+        result, _ = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt",
+                          dev=DevConfig(DevScorer("toy", lambda embed: next(scores))), name="train@toy")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train@toy: ")]
+    assert result.precision == "bf16"
+    assert lines[0].startswith("train@toy: step 0/4 (0%)") and lines[0].endswith("unsup, bf16 on cpu (x86 AMX, Xeon)")
+    assert lines[1].endswith("dev 1.00 before training")
+    assert any(line.startswith("train@toy: step 2/4 (50%)") and "best dev 5.00 (step 2)" in line
+               and line.endswith("dev 5.00") for line in lines)
+    assert any(line.startswith("train@toy: step 3/4") and line.endswith("checkpoint saved") for line in lines)
+    assert lines[-1].startswith("train@toy: step 4/4 (100%)") and "sentences/s" in lines[-1] \
+        and "loss " in lines[-1] and lines[-1].endswith("done")
+    assert all("\r" not in line for line in lines)
 
 
 def test_sts_dev_scorer_reads_one_split_and_names_its_metric(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """INFO lines to stderr, one per record, each flushed (logging.StreamHandler flushes on emit).
-    A no-op where the root logger already has a handler (pytest, a Prefect worker)."""
+    """INFO lines to stderr, one per record, each flushed (logging.StreamHandler flushes on emit),
+    and no tqdm bars from Hugging Face libraries (their carriage returns garble DVC and Prefect
+    logs). The logging part is a no-op where the root logger already has a handler (pytest)."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    hf_logging = sys.modules.get("transformers.utils.logging")  # already imported: switch its bars off
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
 
 
 def duration(seconds: float) -> str:
