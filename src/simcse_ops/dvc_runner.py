@@ -34,8 +34,8 @@ from simcse_ops.run_name import RUN_NAME_ENV
 
 LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
 
-# Progress bars: tqdm reads its defaults from TQDM_* variables; a log line every few seconds is
-# plenty (without this a training progress bar writes ten lines a second into the flow log).
+# The stages report progress as log lines (progress.py); a third-party tqdm bar that is still
+# drawn reads its defaults from TQDM_* variables: one refresh every few seconds at most.
 _QUIET_PROGRESS = {"TQDM_MININTERVAL": "5"}
 
 LOCK_FILE = Path(".dvc") / "tmp" / "simcse-flows.lock"
