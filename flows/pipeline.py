@@ -395,7 +395,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
         params.variant(v)  # fails at once, naming the known variants
     get_run_logger().info("workspace: %s", ws)
     with hold_workspace(ws, cfg):
-        plan = plan_stages(stage_graph(ws), chosen, list(params.variants))
+        plan = plan_stages(stage_graph(ws, params), chosen, list(params.variants))
         get_run_logger().info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
         keep_dvc_locks(ws, params, statuses)

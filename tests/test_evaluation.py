@@ -180,7 +180,7 @@ def test_selection_score_is_the_primary_among_steps_inside_the_tolerance():
 @pytest.mark.slow
 def test_references_are_scored_beside_the_variant(params, domain_data, tiny_model_dir):
     from simcse_ops.evaluation import evaluate_domain
-    from simcse_ops.tracking import model_hash
+    from simcse_ops.files import model_hash
 
     p = domain_params(params, ("mqp", "biosses"))
     models = {"biomed": tiny_model_dir, "base": tiny_model_dir, "unsup-wiki": tiny_model_dir}

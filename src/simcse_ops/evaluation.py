@@ -14,6 +14,7 @@ import pandas as pd
 from simcse_ops import domain
 from simcse_ops.config import ConfigError, Params, StsTaskConfig
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.files import model_hash
 from simcse_ops.model import _base_st_info
 from simcse_ops.readers import FORMATS
 from simcse_ops.stats import paired_bootstrap
@@ -158,8 +159,6 @@ def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
     the second mapping, for the registry gate's paired tests. `reference_models` records each
     model folder's sha256, so the register stage can tell a reference retrained since.
     """
-    from simcse_ops.tracking import model_hash  # heavy (mlflow); the evaluate stage has it anyway
-
     cfg, v = params.evaluate, params.variant(variant)
     b = cfg.bootstrap
     data = {t: load_domain_task(params, data_dir, t, cfg.domain_tasks[t].split) for t in v.domain_tasks}

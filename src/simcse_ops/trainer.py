@@ -72,7 +72,7 @@ from simcse_ops.distributed import (
     sum_gradients,
 )
 from simcse_ops.encoder import pick_device, resolve_model
-from simcse_ops.files import atomic_path, write_json
+from simcse_ops.files import atomic_path, model_hash, write_json
 from simcse_ops.loss import info_nce
 from simcse_ops.model import (
     SimCSEEncoder,
@@ -460,7 +460,8 @@ def run_training(
         encoder.to("cpu")
         export_sentence_transformer(encoder, tokenizer, out_dir, base_model=cfg.base_model)
         write_training_metrics(metrics_dir, result, variant=variant, method=cfg.method,
-                               exported_best=best_state is not None, world_size=ctx.world_size, device=torch_device)
+                               exported_best=best_state is not None, world_size=ctx.world_size, device=torch_device,
+                               base_model=cfg.base_model)
         return result
     finally:
         shutdown(ctx)
@@ -489,7 +490,8 @@ def write_curves(metrics_dir: Path | str, loss_curve: list[dict], dev_curve: lis
 
 
 def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, variant: str, method: str,
-                           exported_best: bool, world_size: int, device: torch.device) -> None:
+                           exported_best: bool, world_size: int, device: torch.device,
+                           base_model: str | None = None) -> None:
     """metrics/<V>/train/: train.json (the DVC metrics), loss.csv and dev.csv (the DVC plots)."""
     metrics = {
         "variant": variant,
@@ -507,6 +509,8 @@ def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, vari
         "wall_s": round(result.wall_s, 1),
         "resumed_from_step": result.resumed_from_step,
         "world_size": world_size,
+        "base_model": base_model,  # and, for a local folder (another variant's model), its sha256
+        "base_model_sha256": model_hash(base_model) if base_model and Path(base_model).is_dir() else None,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }
