@@ -282,9 +282,18 @@ def domain_rows(path: Path, variant: str, decision: dict[str, Any] | None) -> li
             return None if r is None else f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]"
 
         champ = (gated.get(name) or {}).get("champion")
+        refs = [r for r in summary.get("references") or [] if r != "base"]  # general references
         rows.append({"task": name + (" (primary)" if name == summary.get("primary") else ""), "metric": m,
-                     "n": t["n"], "bm25": cell("bm25"), "base": cell("base"),
+                     "n": t["n"], "bm25": cell("bm25"), "base": cell("base"), **{r: cell(r) for r in refs},
                      "champion": None if champ is None else f"{champ:.2f}", "challenger": cell(variant)})
+    references = (decision or {}).get("references") or {}
+    if rows and references:  # general STS beside every reference (the forgetting guard)
+        row = {k: None for k in rows[0]}
+        row.update({"task": "general STS, 7-task avg", "metric": "spearman",
+                    **{r: f"{x['sts_avg']:.2f}" for r, x in references.items() if r in row}})
+        own = read_json(path.parent / "sts.json")  # evaluate@V writes it beside domain.json
+        row["challenger"] = None if own is None else f"{own['avg']:.2f}"
+        rows.append(row)
     return rows
 
 
@@ -386,7 +395,7 @@ def pipeline(variants: list[str] | None = None, workspace: str = ".") -> dict[st
         params.variant(v)  # fails at once, naming the known variants
     get_run_logger().info("workspace: %s", ws)
     with hold_workspace(ws, cfg):
-        plan = plan_stages(stage_graph(ws), chosen, list(params.variants))
+        plan = plan_stages(stage_graph(ws, params), chosen, list(params.variants))
         get_run_logger().info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
         keep_dvc_locks(ws, params, statuses)

@@ -102,7 +102,7 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
 
     with hold_workspace(ws, cfg):
         before = read_json(registry)
-        plan = plan_stages(stage_graph(ws), [domain], list(params.variants))
+        plan = plan_stages(stage_graph(ws, params), [domain], list(params.variants))
         logger.info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
         after = read_json(registry)

@@ -34,11 +34,23 @@ def write_csv(path: Path, header: list[str], rows: list) -> None:
 
 
 def run_domain(params, variant: str, model: str, baseline: str | None, baseline_model: str | None,
-               data: Path, out: Path) -> None:
-    """Score the variant's domain tasks and write domain.json, domain_items.json, domain_tasks.csv."""
+               data: Path, out: Path, reference_models: Path | None = None) -> None:
+    """Score the variant's domain tasks, beside its references (register.domain.references, the
+    base variant first), and write domain.json, domain_items.json, domain_tasks.csv."""
     v = params.variant(variant)
     if v.domain_tasks:
-        models = {"base": model} if variant == baseline else {variant: model, "base": baseline_model}
+        if variant == baseline:
+            models = {"base": model}
+        else:
+            models = {variant: model, "base": baseline_model}
+            for ref in params.domain_references(variant):
+                if ref == baseline:
+                    continue
+                folder = (reference_models or Path(baseline_model).parent) / ref
+                if not (folder / "config.json").is_file():
+                    raise FileNotFoundError(f"{folder}: the reference {ref!r} of {variant} has no model; "
+                                            f"run `dvc repro train@{ref}` first")
+                models[ref] = str(folder)
         summary, items = evaluate_domain(params, variant, models, data)
     else:
         summary = {"variant": variant, "primary": None, "models": [], "tasks": {}}
@@ -64,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline", default=None, help="the reference variant (register.base_variant)")
     ap.add_argument("--baseline-model", default=None,
                     help="its model folder (models/base), scored beside a domain variant on its tasks")
+    ap.add_argument("--reference-models", type=Path, default=None,
+                    help="the folder of the references' models (models/): a domain variant is scored beside "
+                         "each of register.domain.references (default: --baseline-model's folder)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     configure_logging()  # progress lines of long encodes
@@ -84,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
               [[t, result[t]] for t in [*params.evaluate.tasks, "avg"]])
     if params.variant(args.variant).domain_tasks:
         log.info("evaluate@%s: domain tasks %s", args.variant, ", ".join(params.variant(args.variant).domain_tasks))
-    run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data, args.out)
+    run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data, args.out,
+               args.reference_models)
 
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])
     print(f"evaluate@{args.variant}: {table}  ({result['timing']['total_s']:.0f} s)")

@@ -19,11 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_project(tmp: Path, mlflow_overrides: dict | None = None) -> Path:
-    """tmp/params.yaml = the project's params (data.root made absolute), with `mlflow` overridden."""
+    """tmp/params.yaml = the project's params (data.root made absolute), with `mlflow` overridden;
+    a domain variant is judged against base alone (`write_domain` writes base's results only)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["data"]["root"] = str((ROOT / raw["data"]["root"]).resolve())
+    raw["register"]["domain"]["references"] = ["base"]
     if mlflow_overrides:
         raw["mlflow"] = {**raw.get("mlflow", {}), **mlflow_overrides}
     tmp.mkdir(parents=True, exist_ok=True)

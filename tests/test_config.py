@@ -153,3 +153,14 @@ def test_serve_defaults_and_project_values(raw, params, tmp_path):
     onnx = {**raw, "serve": {"backend": "onnx-int8", "max_batch": 8, "int8_max_drop": 1}}
     assert parse_params(onnx, tmp_path / "p.yaml").serve == ServeConfig(backend="onnx-int8", max_batch=8,
                                                                         int8_max_drop=1.0)
+
+
+def test_domain_references_default_to_base_and_every_general_variant(raw, params, tmp_path):
+    assert params.domain_references("biomed") == ["base", "unsup-wiki", "sup-nli"]
+    assert params.domain_references("unsup-wiki") == [] and params.domain_references("base") == []
+    own = copy.deepcopy(raw)
+    own["register"]["domain"]["references"] = ["unsup-wiki", "base", "biomed"]
+    assert parse_params(own, tmp_path / "p.yaml").domain_references("biomed") == ["unsup-wiki", "base"]
+    own["register"]["domain"]["references"] = ["base", "unsup-wikii"]
+    with pytest.raises(ConfigError, match=r"register.domain.references\[1\]: no variant 'unsup-wikii'"):
+        parse_params(own, tmp_path / "p.yaml")

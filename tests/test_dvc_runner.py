@@ -191,3 +191,19 @@ def test_run_name_reaches_the_stage_command(tmp_path):
     (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"named": {"cmd": cmd, "outs": ["name.txt"]}}}))
     run_dvc(["repro", "--single-item", "named"], proj, run_name="brave-otter")
     assert (proj / "name.txt").read_text() == "brave-otter"
+
+
+def test_model_edges_state_what_dvc_yaml_cannot(params):
+    """A domain variant's evaluate stage scores its references; a variant started from another
+    variant's model trains after it. dvc.yaml cannot interpolate those per-variant lists."""
+    import dataclasses
+
+    from simcse_ops.dvc_runner import model_edges
+
+    assert model_edges(params)["evaluate@biomed"] == {"train@base", "train@unsup-wiki", "train@sup-nli"}
+    v = dataclasses.replace(params.variants["biomed"], base_model="models/unsup-wiki")
+    p = dataclasses.replace(params, variants={**params.variants, "biomed": v})
+    assert model_edges(p)["train@biomed"] == {"train@unsup-wiki"}
+    v = dataclasses.replace(params.variants["biomed"], base_model="default")
+    p = dataclasses.replace(params, variants={**params.variants, "biomed": v})
+    assert "train@biomed" not in model_edges(p) and "evaluate@unsup-wiki" not in model_edges(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -74,7 +75,7 @@ def test_parity_with_sentence_transformers_evaluator(params, eval_data):
 def domain_data(tmp_path_factory, params, data_root):
     """The domain evaluation sets (MQP, PubMedQA question -> conclusion) ingested from the real files."""
     out = tmp_path_factory.mktemp("domain")
-    for name in ("mqp", "pubmedqa_conclusion", "stsb"):
+    for name in ("mqp", "pubmedqa_conclusion", "stsb", "biosses"):
         pq.write_table(read_source(name, params.sources[name], data_root), out / f"{name}.parquet")
     return out
 
@@ -130,23 +131,65 @@ def test_default_encoder_matches_the_independent_measurement(params, domain_data
     assert len(load_domain_task(params, domain_data, "pubmedqa_conclusion", "test").queries) == len(r["items"]["id"])
 
 
-def test_model_selection_uses_the_domain_dev_split(params, domain_data):
-    from simcse_ops.evaluation import dev_scorer_for
+def test_model_selection_uses_the_dev_splits_of_every_task(params, domain_data):
+    from simcse_ops.evaluation import dev_scorer_for, load_domain_task
 
-    p = domain_params(params)
-    assert dev_scorer_for(p, "biomed", domain_data).metric == "pubmedqa_conclusion_dev_ndcg@10"
+    p = domain_params(params, ("pubmedqa_conclusion", "mqp", "biosses"))
+    assert dev_scorer_for(p, "biomed", domain_data).metric == "select_pubmedqa_conclusion_dev"
     assert dev_scorer_for(p, "unsup-wiki", domain_data).metric == "stsb_dev_spearman"
     seen = []
 
-    def embed(texts):  # records what the scorer encodes: dev questions only, never test ones
+    def embed(texts):  # records what the scorer encodes: dev splits only, never a test one
         seen.extend(texts)
-        import numpy as np
+        rng = np.random.default_rng(len(seen))
+        return rng.normal(size=(len(texts), 4)).astype(np.float32)
 
-        return np.ones((len(texts), 4), dtype=np.float32)
-
-    dev_scorer_for(p, "biomed", domain_data).score(embed)
-    from simcse_ops.evaluation import load_domain_task
-
+    scorer = dev_scorer_for(p, "biomed", domain_data)
+    sel = scorer.score(embed)
+    assert set(scorer.parts) == {"pubmedqa_conclusion", "mqp", "biosses", "stsb_dev_spearman"}
+    assert sel == scorer.parts["pubmedqa_conclusion"]  # no reference yet (the start model): sel = P
     test_q = set(load_domain_task(p, domain_data, "pubmedqa_conclusion", "test").queries["text"])
     dev_q = set(load_domain_task(p, domain_data, "pubmedqa_conclusion", "dev").queries["text"])
+    mqp_test = load_domain_task(p, domain_data, "mqp", "test").pairs
     assert dev_q <= set(seen) and not test_q & set(seen)
+    assert not set(mqp_test["sentence1"]) & set(seen)
+    # against a reference, the guards' shortfall beyond their tolerance costs `penalty` each
+    scorer.reference.update({k: v + 2.0 for k, v in scorer.parts.items()})  # the start model was better
+    parts = dict(scorer.parts)
+    seen.clear()
+    again = scorer.score(lambda t: np.random.default_rng(0).normal(size=(len(t), 4)).astype(np.float32))
+    assert set(scorer.parts) == set(parts)
+    tol = {"mqp": 0.5, "biosses": 1.0, "stsb_dev_spearman": 0.5}
+    short = sum(max(0.0, scorer.reference[g] - tol[g] - scorer.parts[g]) for g in tol)
+    assert again == pytest.approx(scorer.parts["pubmedqa_conclusion"] - 10.0 * short)
+
+
+def test_selection_score_is_the_primary_among_steps_inside_the_tolerance():
+    from simcse_ops.evaluation import selection_score
+
+    ref = {"p": 90.0, "a": 80.0, "b": 50.0}
+    tol = {"a": 0.5, "b": 1.0}
+    inside = {"p": 92.0, "a": 79.6, "b": 49.1}  # both guards within their tolerance
+    assert selection_score(inside, "p", ref, tol, 10.0) == pytest.approx(92.0)
+    outside = {"p": 95.0, "a": 79.0, "b": 50.0}  # a falls 1.0: 0.5 beyond its tolerance
+    assert selection_score(outside, "p", ref, tol, 10.0) == pytest.approx(95.0 - 5.0)
+    assert selection_score(inside, "p", ref, tol, 10.0) > selection_score(outside, "p", ref, tol, 10.0)
+    assert selection_score(outside, "p", {}, tol, 10.0) == 95.0  # no reference: the primary alone
+
+
+@pytest.mark.slow
+def test_references_are_scored_beside_the_variant(params, domain_data, tiny_model_dir):
+    from simcse_ops.evaluation import evaluate_domain
+    from simcse_ops.files import model_hash
+
+    p = domain_params(params, ("mqp", "biosses"))
+    models = {"biomed": tiny_model_dir, "base": tiny_model_dir, "unsup-wiki": tiny_model_dir}
+    summary, items = evaluate_domain(p, "biomed", models, domain_data)
+    assert summary["references"] == ["base", "unsup-wiki"]
+    assert summary["reference_models"] == {"base": model_hash(tiny_model_dir), "unsup-wiki": model_hash(tiny_model_dir)}
+    bio = summary["tasks"]["biosses"]
+    assert (bio["kind"], bio["metric"], bio["n"], bio["split"]) == ("sts", "spearman", 50, "dev")
+    for t in summary["tasks"].values():
+        assert set(t["vs_references"]) == {"base", "unsup-wiki"}
+        assert t["vs_references"]["unsup-wiki"]["diff"] == 0.0  # the same encoder
+    assert len(items["tasks"]["biosses"]["unsup-wiki"]["gold"]) == 50

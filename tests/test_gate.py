@@ -108,38 +108,48 @@ def champion_values():
     return rng.uniform(0.5, 1.0, size=300)
 
 
-def test_degraded_on_the_domain_but_not_on_general_sts_is_refused(dg, champion_values):
+def below(values: np.ndarray, by: float) -> np.ndarray:
+    return np.clip(values - by, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def refs(champion_values):
+    """A base encoder clearly below everyone on the task, general STS 80.0."""
+    return {"base": scores(80.0, domain=domain(below(champion_values, 0.05)))}
+
+
+def test_degraded_on_the_domain_but_not_on_general_sts_is_refused(dg, champion_values, refs):
     rng = np.random.default_rng(1)
     worse = np.clip(champion_values - rng.uniform(0.0, 0.06, size=300), 0, 1)  # about -3 points
     champ = scores(80.0, domain=domain(champion_values))
     chal = scores(80.3, domain=domain(worse))  # general STS even improved
-    d = decide(chal, champ, "champion v2", None, dg)
+    d = decide(chal, champ, "champion v2", None, dg, refs)
     assert not d.promote
     fail = [r for r in d.reasons if r.startswith("fail")]
-    assert len(fail) == 1 and fail[0].startswith("fail: domain: pmqa ndcg@10")
+    assert len(fail) == 1 and fail[0].startswith("fail: domain: pmqa ndcg@10") and "vs champion v2" in fail[0]
     assert "95% CI [" in fail[0] and "p(diff >= -0.5) = 0.0000" in fail[0]
     assert any(r.startswith("ok: forgetting guard") for r in d.reasons)
 
 
-def test_domain_gain_with_a_small_general_loss_inside_the_guard_is_promoted(dg, champion_values):
+def test_domain_gain_with_a_small_general_loss_inside_the_guard_is_promoted(dg, champion_values, refs):
     better = np.clip(champion_values + 0.02, 0, 1)
     champ = scores(80.0, domain=domain(champion_values))
-    chal = scores(79.6, domain=domain(better))  # -0.4 general: inside general_max_drop 0.5
-    d = decide(chal, champ, "champion v2", None, dg)
+    chal = scores(79.6, domain=domain(better))  # -0.4 general vs the best reference: inside 0.5
+    d = decide(chal, champ, "champion v2", None, dg, refs)
     assert d.promote, d.reasons
     # the general per-task delta/epsilon rules do not apply to a domain variant
     assert not any(r.startswith(("ok: avg", "ok: no task")) for r in d.reasons)
     too_much = scores(79.4, domain=domain(better))  # -0.6 general: forgetting
-    d = decide(too_much, champ, "champion v2", None, dg)
+    d = decide(too_much, champ, "champion v2", None, dg, refs)
     assert not d.promote
     assert [r for r in d.reasons if r.startswith("fail")][0].startswith("fail: forgetting guard")
 
 
-def test_equal_on_the_domain_within_noise_is_not_refused(dg, champion_values):
+def test_equal_on_the_domain_within_noise_is_not_refused(dg, champion_values, refs):
     rng = np.random.default_rng(2)
     noisy = np.clip(champion_values + rng.normal(0, 0.05, size=300), 0, 1)
     d = decide(scores(80.0, domain=domain(noisy)), scores(80.0, domain=domain(champion_values)),
-               "champion v2", None, dg)
+               "champion v2", None, dg, refs)
     assert d.promote, d.reasons
 
 
@@ -153,18 +163,76 @@ def test_first_domain_version_must_beat_base_significantly(dg, champion_values):
     assert decide(scores(80.0, domain=domain(clearly)), None, "none", base, dg).promote
 
 
-def test_champion_without_domain_items_is_not_comparable(dg, champion_values):
+def test_champion_without_domain_items_is_not_comparable(dg, champion_values, refs):
     champ = scores(80.0, domain={"pmqa": DomainScore("ndcg@10", 80.0)})  # from tags only
-    d = decide(scores(80.0, domain=domain(champion_values)), champ, "champion v1", None, dg)
-    assert not d.promote and "no per-item results" in d.reasons[0]
+    d = decide(scores(80.0, domain=domain(champion_values)), champ, "champion v1", None, dg, refs)
+    fail = [r for r in d.reasons if r.startswith("fail")]
+    assert not d.promote and "champion v1 has no per-item results" in fail[0]
     other = {"pmqa": DomainScore("ndcg@10", 80.0, None, {"id": ["x", "y"], "ndcg@10": [1.0, 0.0]})}
-    d = decide(scores(80.0, domain=domain(champion_values)), scores(80.0, domain=other), "champion v1", None, dg)
-    assert not d.promote and "not on the same items" in d.reasons[0]
+    d = decide(scores(80.0, domain=domain(champion_values)), scores(80.0, domain=other), "champion v1", None, dg,
+               refs)
+    assert not d.promote and "not on the same items" in [r for r in d.reasons if r.startswith("fail")][0]
 
 
 def test_results_on_other_task_data_are_not_comparable(dg, champion_values):
-    """Same query ids, but the champion was scored against another document collection."""
+    """Same query ids, but the reference was scored against another document collection."""
     mine = {"pmqa": dataclasses.replace(domain(champion_values)["pmqa"], fingerprint="aaaa")}
     theirs = {"pmqa": dataclasses.replace(domain(champion_values)["pmqa"], fingerprint="bbbb")}
-    d = decide(scores(80.0, domain=mine), scores(80.0, domain=theirs), "champion v1", None, dg)
+    d = decide(scores(80.0, domain=mine), None, "none", scores(80.0, domain=theirs), dg)
     assert not d.promote and "scored on other pmqa data" in d.reasons[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Domain variants against several references (base and the team's general models), on every task
+
+
+def two_tasks(primary: np.ndarray, other: np.ndarray) -> dict[str, DomainScore]:
+    """The primary retrieval task `pmqa` and a second one `other` (per-query values)."""
+    return {"pmqa": DomainScore("ndcg@10", float(primary.mean() * 100), None, ndcg_items(primary)),
+            "other": DomainScore("ndcg@10", float(other.mean() * 100), None, ndcg_items(other))}
+
+
+def test_beating_base_but_not_the_general_reference_is_refused(dg, champion_values):
+    """The team already serves a general model as good as the challenger on the primary task."""
+    mine = np.clip(champion_values + 0.03, 0, 1)
+    general = np.clip(mine + np.random.default_rng(4).normal(0, 0.02, size=300), 0, 1)  # level with it
+    refs = {"base": scores(79.0, domain=two_tasks(below(mine, 0.05), below(mine, 0.05))),
+            "unsup-wiki": scores(80.2, domain=two_tasks(general, mine))}
+    d = decide(scores(80.0, domain=two_tasks(mine, mine)), None, "none", None, dg, refs)
+    assert not d.promote
+    fail = [r for r in d.reasons if r.startswith("fail")]
+    assert len(fail) == 1 and fail[0].startswith("fail: domain: pmqa ndcg@10") and "vs unsup-wiki" in fail[0]
+    assert "must beat it at alpha 0.05" in fail[0]
+    assert any(r.startswith("ok: domain: pmqa ndcg@10") and "vs base" in r for r in d.reasons)
+    assert d.compared_to == "base, unsup-wiki"
+
+
+def test_winning_the_primary_task_and_losing_another_beyond_the_margin_is_refused(dg, champion_values):
+    mine = np.clip(champion_values + 0.03, 0, 1)
+    other_ref = champion_values
+    refs = {"base": scores(79.0, domain=two_tasks(champion_values, other_ref)),
+            "unsup-wiki": scores(80.2, domain=two_tasks(champion_values, other_ref))}
+    lost = below(other_ref, 0.04)  # 4 points worse on the other task
+    d = decide(scores(80.0, domain=two_tasks(mine, lost)), None, "none", None, dg, refs)
+    assert not d.promote
+    fail = [r for r in d.reasons if r.startswith("fail")]
+    assert len(fail) == 2 and all(r.startswith("fail: domain: other ndcg@10") for r in fail)
+    assert {r.split(" vs ")[1].split(" ")[0] for r in fail} == {"base", "unsup-wiki"}
+    assert all("p(diff >= -0.5)" in r for r in fail)
+
+
+def test_winning_everywhere_is_promoted_and_the_guard_uses_the_best_general_reference(dg, champion_values):
+    mine = np.clip(champion_values + 0.03, 0, 1)
+    refs = {"base": scores(78.9, domain=two_tasks(champion_values, champion_values)),
+            "unsup-wiki": scores(80.2, domain=two_tasks(champion_values, champion_values)),
+            "sup-nli": scores(79.4, domain=two_tasks(champion_values, champion_values))}
+    d = decide(scores(79.8, domain=two_tasks(mine, champion_values)), None, "none", None, dg, refs)
+    assert d.promote, d.reasons
+    # each reference on the primary task (superiority) and on the other task (non-inferiority)
+    assert sum(r.startswith("ok: domain: pmqa") for r in d.reasons) == 3
+    assert sum(r.startswith("ok: domain: other") for r in d.reasons) == 3
+    guard = [r for r in d.reasons if "forgetting guard" in r]
+    assert len(guard) == 1 and "unsup-wiki (best general reference) 80.20" in guard[0]
+    # 0.6 under the best general reference, though above base: refused
+    d = decide(scores(79.6, domain=two_tasks(mine, champion_values)), None, "none", None, dg, refs)
+    assert not d.promote and [r for r in d.reasons if r.startswith("fail")][0].startswith("fail: forgetting guard")

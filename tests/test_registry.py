@@ -224,10 +224,12 @@ def test_cli_promote_and_rollback(project, capsys, monkeypatch):
     second = _register(project, "simcse-", "biomed", {"scores": 74.8}, "bio2", domain=(base + 0.02, base))
     assert second["promoted"] and second["version"] == 2, second["reasons"]
     assert second["reasons"][0].startswith("ok: domain: pubmedqa_conclusion ndcg@10")
-    assert "vs champion v1" in second["reasons"][0]
+    assert "vs base" in second["reasons"][0]  # each reference first, then the champion
+    assert "vs champion v1" in second["reasons"][1] and second["reasons"][1].startswith("ok: domain: pubmedqa")
+    assert second["compared_to"] == "base and champion v1"
     assert second["domain"]["pubmedqa_conclusion"]["champion"] == pytest.approx((base - 0.03).mean() * 100, abs=1e-3)
     card = client.get_model_version("simcse-biomed", "2").description
-    assert "## Domain tasks (95% bootstrap intervals, test split)" in card
+    assert "## Domain tasks (95% bootstrap intervals, reported split: test, BIOSSES's visible half)" in card
     assert "| pubmedqa_conclusion (primary) | ndcg@10 | 200 |" in card
     assert cli(["rollback", "biomed", "--params", str(params_path), "--reason", "drift"]) == 0
     assert str(client.get_model_version_by_alias("simcse-biomed", "champion").version) == "1"

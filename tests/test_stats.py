@@ -177,3 +177,24 @@ def test_vectorised_speed_is_fine():
     t0 = time.perf_counter()
     paired_bootstrap(a, b, "ndcg@10", n_resamples=1000)
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_graded_items_spearman_and_pearson_as_scipy_and_bootstrapped():
+    from scipy.stats import pearsonr, spearmanr
+
+    from simcse_ops.stats import correlation
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 5, size=60).astype(float)  # ties, as in human ratings
+    cos = gold / 5 + rng.normal(0, 0.3, size=60)
+    assert correlation("spearman", gold, cos) == pytest.approx(spearmanr(gold, cos)[0] * 100)
+    assert correlation("pearson", gold, cos) == pytest.approx(pearsonr(gold, cos)[0] * 100)
+    assert np.isnan(correlation("spearman", np.ones(5), np.arange(5.0)))
+    items = {"id": [str(i) for i in range(60)], "gold": gold.tolist(), "score": cos.tolist()}
+    lo, hi = bootstrap_ci(items, "spearman", 500, 0.95, 0)
+    assert lo < correlation("spearman", gold, cos) < hi
+    worse = {**items, "score": (cos + rng.normal(0, 0.5, size=60)).tolist()}
+    t = paired_bootstrap(items, worse, "spearman", 500, 0.95, 0)
+    assert t.diff > 0 and t.ci_low <= t.diff <= t.ci_high
+    with pytest.raises(ValueError, match="unknown graded-pair metric 'ap'"):
+        bootstrap_ci(items, "ap", 10, 0.95, 0)

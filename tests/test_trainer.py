@@ -333,6 +333,52 @@ def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir)
     assert best is not None
 
 
+def test_a_multi_task_scorer_gets_the_start_model_as_its_reference(tmp_path, tiny_model_dir):
+    """Step 0's figures become the scorer's reference (what the selection rule's guards compare
+    with); every task's figure is a column of the dev curve; a resumed run gets the reference back
+    from the checkpoint's curve."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+    from simcse_ops.training_data import build_training_set
+
+    torch.set_num_threads(1)
+    write_data(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=4, eval_steps=2,
+                        checkpoint_steps=2)
+
+    def make_scorer():
+        figures = iter([{"p": 50.0, "g": 80.0}, {"p": 60.0, "g": 70.0}, {"p": 55.0, "g": 79.8}])  # steps 0, 2, 4
+        parts, reference = {}, {}
+
+        def score(embed):
+            parts.clear()
+            parts.update(next(figures))
+            short = max(0.0, reference["g"] - 0.5 - parts["g"]) if reference else 0.0
+            return parts["p"] - 10.0 * short
+
+        return DevScorer("select_p_dev", score, parts=parts, reference=reference)
+
+    scorer = make_scorer()
+    result, _ = train(cfg, data, SimCSEEncoder.from_pretrained(str(tiny_model_dir)), tok, ckpt_dir=tmp_path / "ckpt",
+                      dev=DevConfig(scorer), progress=False)
+    assert scorer.reference == {"p": 50.0, "g": 80.0}
+    assert result.dev_curve == [{"step": 0, "dev_score": 50.0, "p": 50.0, "g": 80.0},
+                                {"step": 2, "dev_score": -35.0, "p": 60.0, "g": 70.0},
+                                {"step": 4, "dev_score": 55.0, "p": 55.0, "g": 79.8}]
+    assert result.best_step == 4  # step 2 had the best primary but lost 10 points on the guard
+    resumed = make_scorer()
+    train(cfg, data, SimCSEEncoder.from_pretrained(str(tiny_model_dir)), tok, ckpt_dir=tmp_path / "ckpt",
+          dev=DevConfig(resumed), progress=False)
+    assert resumed.reference == {"p": 50.0, "g": 80.0}
+
+
 def test_pairs_stage_lowers_the_loss_and_exports_a_loadable_model(tmp_path, tiny_model_dir, project_root,
                                                                    monkeypatch):
     import torch

@@ -26,7 +26,7 @@ from typing import Any
 from simcse_ops.config import MlflowConfig
 from simcse_ops.errors import RegistryError
 from simcse_ops.gate import decide
-from simcse_ops.scores import backend_notes, base_scores, gate_inputs, run_domain, version_scores
+from simcse_ops.scores import backend_notes, base_scores, gate_inputs, reference_scores, run_domain, version_scores
 from simcse_ops.store import CHALLENGER, CHAMPION, COMPLETE, alias_version, versions
 from simcse_ops.tracking import retry, who
 
@@ -124,7 +124,12 @@ def promote(
         domain = run_domain(client, mv, "base", mcfg) if g.primary is not None else None
         base = base_scores(base_metrics_dir, g.tasks, domain, challenger.backend)
     champion = version_scores(client, champ, variant, g, mcfg, challenger.backend) if champ is not None else None
-    decision = decide(challenger, champion, label, base, g)
+    refs = None
+    if g.primary is not None and base_metrics_dir is not None and (Path(base_metrics_dir) / "sts.json").is_file():
+        # each reference on the version's items, as its run logged them at registration
+        refs = reference_scores(params, variant, base_metrics_dir, Path(base_metrics_dir).parent,
+                                challenger.backend, domain_of=lambda r: run_domain(client, mv, r, mcfg))
+    decision = decide(challenger, champion, label, base, g, refs)
     ref, ref_label = (champion, label) if champion is not None else (base, g.cfg.base_variant)
     decision = dataclasses.replace(decision, reasons=decision.reasons + backend_notes(challenger, ref, ref_label))
     if not decision.promote and not force:

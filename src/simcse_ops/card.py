@@ -40,15 +40,19 @@ def model_card(
     tasks: list[str],
     domain_path: Path | None = None,
     train_path: Path | None = None,
+    references: Mapping[str, Scores] | None = None,
 ) -> str:
-    """Markdown: data, hyper-parameters, the 7-task table, the domain tasks (with intervals, base,
-    BM25 and the champion beside the variant), the bias table, the gate, use and limits."""
+    """Markdown: data, hyper-parameters, the 7-task table (with base or a domain variant's
+    references, and the champion), the domain tasks (with intervals, every reference, BM25 and the
+    champion beside the variant, and the paired differences to each reference), the bias table,
+    the gate, use and limits."""
     lines = [f"# {name}", "", vcfg.description or f"SimCSE variant `{variant}`.", ""]
     lines += _data_section(vcfg, params, lineage)
     lines += _hyperparameters_section(vcfg)
     if train_path is not None and Path(train_path).is_file():
         lines += training_hardware_section(read_json(train_path))
-    lines += _sts_section(variant, scores, base, champion, champion_label, tasks)
+    others = dict(references) if references else ({"base": base} if base is not None else {})
+    lines += _sts_section(variant, scores, others, champion, champion_label, tasks)
     lines += backends_section(scores)
     if domain_path is not None and Path(domain_path).is_file():
         lines += domain_table(read_json(domain_path), champion, champion_label)
@@ -100,19 +104,17 @@ def training_hardware_section(train: Mapping[str, Any]) -> list[str]:
             "figures exactly only in the same precision.", ""]
 
 
-def _sts_section(variant: str, scores: Scores, base: Scores | None, champion: Scores | None,
+def _sts_section(variant: str, scores: Scores, others: Mapping[str, Scores], champion: Scores | None,
                  champion_label: str, tasks: list[str]) -> list[str]:
-    """The 7 STS tasks and their average: the variant, base and the champion side by side."""
-    header = ["task", variant]
-    if base is not None:
-        header.append("base")
+    """The 7 STS tasks and their average: the variant, base (or a domain variant's references)
+    and the champion side by side."""
+    header = ["task", variant, *others]
     if champion is not None:
         header.append(champion_label)
     rows = []
     for t in [*tasks, "avg"]:
         r = [t if t != "avg" else "**avg**", f"{scores.sts[t]:.2f}"]
-        if base is not None:
-            r.append(f"{base.sts.get(t, float('nan')):.2f}")
+        r += [f"{o.sts.get(t, float('nan')):.2f}" for o in others.values()]
         if champion is not None:
             r.append(f"{champion.sts.get(t, float('nan')):.2f}" if t in champion.sts else "-")
         rows.append(r)
@@ -156,7 +158,19 @@ def domain_table(domain: Mapping[str, Any], champion: Scores | None = None,
             c = champion.domain.get(task)
             row.append("-" if c is None else f"{c.value:.2f}")
         rows.append(row)
-    return [f"## Domain tasks ({conf:.0%} bootstrap intervals, test split)", "", _table(header, rows), ""]
+    lines = [f"## Domain tasks ({conf:.0%} bootstrap intervals, reported split: test, BIOSSES's visible "
+             f"half)", "", _table(header, rows), ""]
+    refs = list(domain.get("references") or [])
+    if refs and any(t.get("vs_references") for t in domain["tasks"].values()):
+        diffs = []
+        for task, t in domain["tasks"].items():
+            vs = t.get("vs_references") or {}
+            diffs.append([task, t["metric"], *(
+                "-" if r not in vs else f"{vs[r]['diff']:+.2f} [{vs[r]['ci'][0]:+.2f}, {vs[r]['ci'][1]:+.2f}]"
+                for r in refs)])
+        lines += [f"{domain['variant']} minus each reference, paired bootstrap on the same items:", "",
+                  _table(["task", "metric", *(f"vs {r}" for r in refs)], diffs), ""]
+    return lines
 
 
 def _bias_section(scores: Scores) -> list[str]:

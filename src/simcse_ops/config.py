@@ -64,18 +64,36 @@ class StsTaskConfig:
 
 # variants.<V>.precision; what each resolves to on a device: hardware.resolve_precision
 PrecisionRequest = Literal["auto", "fp32", "bf16"]
-DomainMetric = Literal["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ap", "roc_auc"]
+DomainMetric = Literal["ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100", "ap", "roc_auc", "spearman",
+                       "pearson"]
 
 
 @dataclass(frozen=True)
 class DomainTaskConfig:
-    """A domain evaluation task: an `eval-domain` source of kind `pairs` (pair classification)
-    or `retrieval` (queries, documents, judgments). Scored on `split`, selected on `dev_split`."""
+    """A domain evaluation task: an `eval-domain` source of kind `pairs` (pair classification),
+    `sts` (graded similarity) or `retrieval` (queries, documents, judgments). Scored on `split`,
+    selected on `dev_split`."""
 
     source: str
     metric: DomainMetric | None = None  # the task's headline metric; None: ndcg@10 / ap by kind
     split: str = "test"  # reported (and gated) split
     dev_split: str = "dev"  # model selection (best checkpoint, any hyper-parameter choice)
+    tolerance: float | None = None  # selection guard (evaluate.selection); None: selection.tolerance
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """params.yaml `evaluate.selection`: how a domain variant's best step is chosen on dev.
+
+    With P the primary task's dev figure and, for every guard g (each other domain task's dev
+    split and STS-B dev), g_0 the start model's figure and tol_g its tolerance, a step scores
+        sel = P - penalty * sum_g max(0, g_0 - tol_g - g)
+    and the step with the highest sel is exported: the best primary among the steps that lose at
+    most tol_g on every guard, else the one that loses least (penalty makes a guard point worth
+    `penalty` primary points)."""
+
+    tolerance: float = 0.5  # points a guard may fall below the start model's before it costs
+    penalty: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,7 @@ class EvaluateConfig:
     # `max_chunk` (windows of the maximum length, a document scores its best window).
     long_documents: Literal["truncate", "max_chunk"] = "truncate"
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
 @dataclass(frozen=True)
@@ -335,9 +354,14 @@ class DomainGateConfig:
     """params.yaml `register.domain`: the gate of a domain variant (points of its primary metric)."""
 
     alpha: float = 0.05  # one-sided significance level of the paired bootstrap tests
-    margin: float = 0.5  # a challenger may be worse than the champion by this, not significantly more
-    first_margin: float = 0.0  # a first version must beat base by significantly more than this
-    general_max_drop: float = 0.5  # forgetting guard: the 7-task STS avg may fall at most this
+    margin: float = 0.5  # never significantly worse than this below the champion (primary task) or
+    #                      a reference (every other domain task)
+    first_margin: float = 0.0  # must beat each reference on the primary task by significantly more
+    general_max_drop: float = 0.5  # forgetting guard: the 7-task STS avg may fall at most this below
+    #                                the best general reference's
+    # The models a domain variant must beat, scored on its domain tasks in its evaluate stage.
+    # None: the base variant and every general variant (trained, no domain tasks).
+    references: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -462,6 +486,18 @@ class Params:
         as the reference, but does not train.) The retrain-domain flow retrains them."""
         return {n: v for n, v in self.variants.items() if v.method != "pretrained" and (
             v.domain_tasks or (v.corpus and all(self.sources[s].role == "domain" for s in v.corpus)))}
+
+    def domain_references(self, variant: str) -> list[str]:
+        """The references a domain variant is judged against (register.domain.references, default
+        the base variant and every general variant), itself excluded; [] for a general variant."""
+        if variant not in self.domain_variants():
+            return []
+        refs = self.register.domain.references
+        if refs is None:
+            general = [n for n, v in self.variants.items()
+                       if v.method != "pretrained" and n not in self.domain_variants()]
+            refs = (self.register.base_variant, *general)
+        return [r for r in dict.fromkeys(refs) if r != variant]
 
     def variant(self, name: str) -> VariantConfig:
         if name not in self.variants:
@@ -700,6 +736,10 @@ def _check_register(params: Params, raw: dict) -> None:
     if "register" in raw and params.variants and r.base_variant not in params.variants:
         _fail(params, "register.base_variant", f"no variant {r.base_variant!r} in variants "
                                                f"(known: {', '.join(params.variants)})")
+    for i, ref in enumerate(d.references or ()):
+        if "register" in raw and params.variants and ref not in params.variants:
+            _fail(params, f"register.domain.references[{i}]", f"no variant {ref!r} in variants "
+                                                             f"(known: {', '.join(params.variants)})")
 
 
 def _check_mlflow_flows(params: Params, raw: dict) -> None:

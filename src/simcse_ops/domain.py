@@ -7,6 +7,10 @@ prediction is cos(e(s1), e(s2)); the task reports
 - `roc_auc`: area under the ROC curve = P(cos of a random positive > cos of a random negative),
   ties counting 1/2 (sklearn roc_auc_score), x100.
 
+Graded similarity (an STS-style domain task, e.g. BIOSSES): for each pair with a human score g
+the prediction is cos(e(s1), e(s2)); the task reports `spearman`, Spearman's rho of (g, cos), and
+`pearson`, x100 (as the general STS tasks, `simcse_ops.sts`).
+
 Retrieval (as BEIR / MTEB's Retrieval): each query is embedded, each document's text is
 `title + " " + text` (the text alone when the title is empty), and documents are ranked by exact
 cosine over the whole corpus. The run keeps the top 100 per query, ordered as trec_eval orders it
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from simcse_ops.stats import bootstrap_ci
+from simcse_ops.stats import GRADED_METRICS, bootstrap_ci, correlation
 from simcse_ops.sts import embed_unique, pair_cosines
 
 EmbedFn = Callable[[list[str]], np.ndarray]
@@ -61,7 +65,7 @@ _QUERY_BLOCK = 256  # queries scored at once: a (256, n_docs) float64 block
 class TaskResult:
     """One task's scores: `metrics` x100 (4 decimals); `items` per pair / per query, JSON-ready."""
 
-    kind: str  # "pairs" | "retrieval"
+    kind: str  # "pairs" | "sts" | "retrieval"
     metrics: dict[str, float]
     n: int  # pairs or queries
     items: dict[str, list]
@@ -132,6 +136,34 @@ def score_pairs(embed: EmbedFn, pairs: pd.DataFrame) -> TaskResult:
         timing={"encode_s": round(t_encode, 3), "total_s": round(time.perf_counter() - t0, 3)},
         details={"n_sentences_encoded": len(index), "n_positive": int(labels.sum())},
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Graded similarity
+
+
+def score_graded_pairs(embed: EmbedFn, pairs: pd.DataFrame) -> TaskResult:
+    """Spearman and Pearson x100 of pair cosines against the human scores.
+
+    `pairs` has columns sentence1, sentence2, score and optionally id (default: the row number).
+    """
+    _require(pairs, "graded pairs", ("sentence1", "sentence2", "score"))
+    t0 = time.perf_counter()
+    gold = pairs["score"].to_numpy(dtype=np.float64)
+    if len(gold) < 3 or np.all(gold == gold[0]):
+        raise ValueError(f"graded pairs: a correlation needs at least 3 pairs with different scores, got {len(gold)}")
+    s1, s2 = pairs["sentence1"].astype(str).tolist(), pairs["sentence2"].astype(str).tolist()
+    index, emb = embed_unique(embed, s1 + s2)
+    t_encode = time.perf_counter() - t0
+    cos = np.asarray(pair_cosines(index, emb, s1, s2), dtype=np.float64)
+    ids = pairs["id"].astype(str).tolist() if "id" in pairs.columns else [str(i) for i in range(len(pairs))]
+    if len(set(ids)) != len(ids):
+        raise ValueError("graded pairs: ids are not unique")
+    metrics = {m: round(correlation(m, gold, cos), 4) for m in GRADED_METRICS}
+    items = {"id": ids, "gold": gold.tolist(), "score": [float(x) for x in cos]}
+    return TaskResult(kind="sts", metrics=metrics, n=len(ids), items=items,
+                      timing={"encode_s": round(t_encode, 3), "total_s": round(time.perf_counter() - t0, 3)},
+                      details={"n_sentences_encoded": len(index)})
 
 
 # --------------------------------------------------------------------------------------------

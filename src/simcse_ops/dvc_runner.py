@@ -174,9 +174,31 @@ def parse_dag_dot(text: str) -> dict[str, set[str]]:
     return graph
 
 
-def stage_graph(workspace: Path | str) -> dict[str, set[str]]:
-    """The pipeline DAG as DVC sees it (from the deps and outs in `dvc.yaml`)."""
-    return parse_dag_dot(run_dvc(["dag", "--dot"], workspace).stdout)
+def stage_graph(workspace: Path | str, params=None) -> dict[str, set[str]]:
+    """The pipeline DAG as DVC sees it (from the deps and outs in `dvc.yaml`), plus, with
+    `params`, the model edges dvc.yaml cannot state (`model_edges`)."""
+    graph = parse_dag_dot(run_dvc(["dag", "--dot"], workspace).stdout)
+    if params is not None:
+        for stage, upstream in model_edges(params).items():
+            if stage in graph:
+                graph[stage] |= {u for u in upstream if u in graph}
+    return graph
+
+
+def model_edges(params) -> dict[str, set[str]]:
+    """Stages that read another variant's model, which DVC's templating cannot declare (it
+    interpolates scalars, never a per-variant list of deps): `train@V` of a variant whose
+    `base_model` is `models/<X>` needs `train@X`; `evaluate@V` of a domain variant scores each of
+    its references (`Params.domain_references`) and needs their `train@` stages. The flows add
+    these edges to DVC's graph when they plan a run; the stages record the models' sha256."""
+    edges: dict[str, set[str]] = {}
+    for name, v in params.variants.items():
+        start = Path(v.base_model)
+        if len(start.parts) == 2 and start.parts[0] == "models" and start.parts[1] in params.variants:
+            edges.setdefault(f"train@{name}", set()).add(f"train@{start.parts[1]}")
+        for ref in params.domain_references(name):
+            edges.setdefault(f"evaluate@{name}", set()).add(f"train@{ref}")
+    return edges
 
 
 def default_remote(workspace: Path | str) -> str | None:

@@ -58,6 +58,9 @@ def resolve_model(name: str | os.PathLike) -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name}: no such model folder")
+    if path.parts[0] == "models" and len(path.parts) == 2:  # another variant's model (models/<V>)
+        raise FileNotFoundError(f"{name}: no such model folder; train that variant first "
+                                f"(dvc repro train@{path.parts[1]})")
     return name  # a hub id
 
 

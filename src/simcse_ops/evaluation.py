@@ -14,6 +14,7 @@ import pandas as pd
 from simcse_ops import domain
 from simcse_ops.config import ConfigError, Params, StsTaskConfig
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.files import model_hash
 from simcse_ops.model import _base_st_info
 from simcse_ops.readers import FORMATS
 from simcse_ops.stats import paired_bootstrap
@@ -63,7 +64,8 @@ def evaluate_model(params: Params, model_path: str | Path, data_dir: Path | str)
 
 @dataclass(frozen=True)
 class DomainTaskData:
-    """One domain task on one split: pairs (pair classification) or queries/docs/qrels (retrieval)."""
+    """One domain task on one split: pairs (pair classification: label; graded similarity, kind
+    `sts`: score) or queries/docs/qrels (retrieval)."""
 
     kind: str
     pairs: pd.DataFrame | None = None
@@ -73,21 +75,21 @@ class DomainTaskData:
 
     @property
     def n(self) -> int:
-        return len(self.pairs) if self.kind == "pairs" else len(self.queries)
+        return len(self.queries) if self.kind == "retrieval" else len(self.pairs)
 
     def fingerprint(self) -> str:
         """sha256 of the task's content (pairs and labels; queries, documents and judgments):
         two results are comparable item by item only on the same content (a grown document
         collection changes every query's ranking)."""
         h = hashlib.sha256()
-        frames = [self.pairs] if self.kind == "pairs" else [self.queries, self.docs, self.qrels]
+        frames = [self.queries, self.docs, self.qrels] if self.kind == "retrieval" else [self.pairs]
         for df in frames:
             h.update(pd.util.hash_pandas_object(df.sort_values(list(df.columns)), index=False).values.tobytes())
         return h.hexdigest()[:16]
 
 
 def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str) -> DomainTaskData:
-    """Rows of task `name` on `split` from `<data>/<source>.parquet` (ingest's pairs or retrieval kind)."""
+    """Rows of task `name` on `split` from `<data>/<source>.parquet` (ingest's pairs, sts or retrieval kind)."""
     task = params.evaluate.domain_tasks[name]
     path = Path(data_dir) / f"{task.source}.parquet"
     if not path.is_file():
@@ -95,13 +97,14 @@ def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str
     kind = FORMATS[params.sources[task.source].format].kind
     df = pd.read_parquet(path)
     where = f"{params.path}: evaluate.domain_tasks.{name}"
-    if kind == "pairs":
+    if kind in ("pairs", "sts"):
         pairs = df[df["split"] == split]
         if len(pairs) < 2:
             raise ConfigError(f"{where}: split {split!r} has {len(pairs)} pairs in {path} "
                               f"(splits: {sorted(df['split'].unique())})")
         pairs = pairs.assign(id=pairs["file"] + ":" + pairs["line"].astype(str)).reset_index(drop=True)
-        return DomainTaskData(kind, pairs=pairs[["id", "sentence1", "sentence2", "label", "group"]])
+        columns = ["id", "sentence1", "sentence2", *(("label", "group") if kind == "pairs" else ("score",))]
+        return DomainTaskData(kind, pairs=pairs[columns])
     if kind == "retrieval":
         queries = df[(df["record"] == "query") & (df["split"] == split)][["id", "text"]]
         if queries.empty:
@@ -111,12 +114,16 @@ def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str
         qrels = df[(df["record"] == "qrel") & (df["split"] == split)][["query_id", "doc_id", "relevance"]]
         return DomainTaskData(kind, queries=queries.reset_index(drop=True), docs=docs.reset_index(drop=True),
                               qrels=qrels.reset_index(drop=True))
-    raise ConfigError(f"{where}.source: {task.source!r} is of kind {kind!r}; expected pairs or retrieval")
+    raise ConfigError(f"{where}.source: {task.source!r} is of kind {kind!r}; expected pairs, sts or retrieval")
+
+
+DEFAULT_METRIC = {"retrieval": "ndcg@10", "pairs": "ap", "sts": "spearman"}
 
 
 def task_metric(params: Params, name: str, kind: str) -> str:
-    """The task's headline metric: its `metric`, else nDCG@10 (retrieval) or AP (pairs)."""
-    return params.evaluate.domain_tasks[name].metric or ("ndcg@10" if kind == "retrieval" else "ap")
+    """The task's headline metric: its `metric`, else nDCG@10 (retrieval), AP (pairs) or
+    Spearman (sts)."""
+    return params.evaluate.domain_tasks[name].metric or DEFAULT_METRIC[kind]
 
 
 def score_domain_task(data: DomainTaskData, embed: EmbedFn | None, chunker=None,
@@ -124,6 +131,8 @@ def score_domain_task(data: DomainTaskData, embed: EmbedFn | None, chunker=None,
     """Score one encoder (`embed`) on a task; `embed=None` scores BM25 (retrieval only)."""
     if data.kind == "pairs":
         return domain.score_pairs(embed, data.pairs)
+    if data.kind == "sts":
+        return domain.score_graded_pairs(embed, data.pairs)
     if embed is None:
         return domain.score_bm25(data.queries, data.docs, data.qrels)
     return domain.score_retrieval(embed, data.queries, data.docs, data.qrels,
@@ -142,12 +151,15 @@ def _embedder(params: Params, model_path: str | Path):
 
 def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
                     data_dir: Path | str) -> tuple[dict, dict]:
-    """Score `models` ({label: model folder}; the variant first) and BM25 on the variant's domain
-    tasks (test splits) -> (domain.json, domain_items.json mappings).
+    """Score `models` ({label: model folder}; the variant first, then its references) and BM25 on
+    the variant's domain tasks (reported splits) -> (domain.json, domain_items.json mappings).
 
     Per task and model: the metrics x100, their percentile bootstrap intervals and n; per model
-    other than base, the paired bootstrap difference to base on the headline metric. The items
-    (per query / pair values) go to the second mapping, for the registry gate's paired tests.
+    other than base, the paired bootstrap difference to base (`vs_base`); for the variant, the
+    paired difference to each other model (`vs_references`: d = m(variant) - m(reference) on the
+    same items, its interval, p(d <= 0) and p(d >= 0)). The items (per query / pair values) go to
+    the second mapping, for the registry gate's paired tests. `reference_models` records each
+    model folder's sha256, so the register stage can tell a reference retrained since.
     """
     cfg, v = params.evaluate, params.variant(variant)
     b = cfg.bootstrap
@@ -162,24 +174,35 @@ def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
         if d.kind == "retrieval":
             r = score_domain_task(d, None)
             results[t]["bm25"] = domain.with_intervals(r, b.n_resamples, b.confidence, b.seed)
+
+    def paired(a: dict, ref: dict, metric: str) -> dict:
+        pb = paired_bootstrap(a["items"], ref["items"], metric, n_resamples=b.n_resamples,
+                              confidence=b.confidence, seed=b.seed)
+        return {"diff": round(pb.diff, 4), "ci": [round(pb.ci_low, 4), round(pb.ci_high, 4)],
+                "p_at_most_0": round(pb.p_at_most(0.0), 4), "p_at_least_0": round(pb.p_at_least(0.0), 4)}
+
     out_tasks, items = {}, {}
     for t, d in data.items():
         metric = task_metric(params, t, d.kind)
         task_out = {"kind": d.kind, "source": cfg.domain_tasks[t].source, "split": cfg.domain_tasks[t].split,
-                    "metric": metric, "n": d.n, "fingerprint": d.fingerprint(), "results": {}, "vs_base": {}}
+                    "metric": metric, "n": d.n, "fingerprint": d.fingerprint(), "results": {}, "vs_base": {},
+                    "vs_references": {}}
         for label, r in results[t].items():
             task_out["results"][label] = {"metrics": r["metrics"], "ci": r["ci"], "timing": r["timing"]}
         for label, r in results[t].items():
             if label in ("base", "bm25") or "base" not in results[t]:
                 continue
-            pb = paired_bootstrap(r["items"], results[t]["base"]["items"], metric,
-                                  n_resamples=b.n_resamples, confidence=b.confidence, seed=b.seed)
-            task_out["vs_base"][label] = {"diff": round(pb.diff, 4), "ci": [round(pb.ci_low, 4), round(pb.ci_high, 4)],
-                                          "p_at_most_0": round(pb.p_at_most(0.0), 4)}
+            task_out["vs_base"][label] = paired(r, results[t]["base"], metric)
+        if variant in results[t]:
+            for label in models:
+                if label != variant:
+                    task_out["vs_references"][label] = paired(results[t][variant], results[t][label], metric)
         out_tasks[t] = task_out
         items[t] = {label: r["items"] for label, r in results[t].items()}
-    summary = {"variant": variant, "primary": v.primary, "models": [*models, "bm25"], "tasks": out_tasks,
-               "long_documents": cfg.long_documents,
+    summary = {"variant": variant, "primary": v.primary, "models": [*models, "bm25"],
+               "references": [m for m in models if m != variant],
+               "reference_models": {m: model_hash(Path(p)) for m, p in models.items() if m != variant},
+               "tasks": out_tasks, "long_documents": cfg.long_documents,
                "bootstrap": {"n_resamples": b.n_resamples, "confidence": b.confidence, "seed": b.seed}}
     return summary, {"tasks": items}
 
@@ -195,26 +218,51 @@ def domain_plot_rows(summary: dict) -> list[tuple[str, str, float]]:
 
 
 def dev_scorer_for(params: Params, variant: str, eval_data_dir: Path | str) -> DevScorer:
-    """What training selects its best step on: a domain variant's primary task on its dev split
-    (never the test split); any other variant STS-B dev (evaluate.dev_task)."""
+    """What training selects its best step on (never a test split).
+
+    A general variant: STS-B dev (evaluate.dev_task). A domain variant: the rule of
+    `config.SelectionConfig` over every domain task's dev split and STS-B dev,
+        sel = P - penalty * sum_g max(0, g_0 - tol_g - g),
+    P the primary task, g the guards (the other tasks and STS-B dev), g_0 the start model's
+    figures (`DevScorer.reference`, set by the trainer from step 0). Each task's figure goes to
+    the dev curve (`DevScorer.parts`)."""
     v = params.variant(variant)
+    sts_dev = params.evaluate.dev_task
+    stsb = sts_dev_scorer(Path(eval_data_dir) / f"{sts_dev.source}.parquet", sts_dev.split)
     if v.primary is None:
-        t = params.evaluate.dev_task
-        return sts_dev_scorer(Path(eval_data_dir) / f"{t.source}.parquet", t.split)
-    task = params.evaluate.domain_tasks[v.primary]
-    data = load_domain_task(params, eval_data_dir, v.primary, task.dev_split)
-    metric = task_metric(params, v.primary, data.kind)
+        return stsb
+    cfg, sel = params.evaluate, params.evaluate.selection
     chunker = None
-    if params.evaluate.long_documents == "max_chunk" and data.kind == "retrieval":
+    if cfg.long_documents == "max_chunk":
         from transformers import AutoTokenizer  # heavy; only when chunking is configured
 
         tok = AutoTokenizer.from_pretrained(resolve_model(v.base_model))
         chunker = domain.make_chunker(tok, _base_st_info(v.base_model)[0])
+    tasks = {t: load_domain_task(params, eval_data_dir, t, cfg.domain_tasks[t].dev_split) for t in v.domain_tasks}
+    metrics = {t: task_metric(params, t, d.kind) for t, d in tasks.items()}
+    tolerance = {t: cfg.domain_tasks[t].tolerance for t in tasks} | {stsb.metric: None}
+    tolerance = {k: sel.tolerance if x is None else x for k, x in tolerance.items()}
+    parts: dict[str, float] = {}
+    reference: dict[str, float] = {}
 
     def score(embed: EmbedFn) -> float:
-        return score_domain_task(data, embed, chunker, params.evaluate.long_documents).metrics[metric]
+        parts.clear()
+        for t, d in tasks.items():
+            parts[t] = score_domain_task(d, embed, chunker, cfg.long_documents).metrics[metrics[t]]
+        parts[stsb.metric] = stsb.score(embed)
+        return selection_score(parts, v.primary, reference, tolerance, sel.penalty)
 
-    return DevScorer(metric=f"{v.primary}_{task.dev_split}_{metric}", score=score)
+    return DevScorer(metric=f"select_{v.primary}_{cfg.domain_tasks[v.primary].dev_split}", score=score,
+                     parts=parts, reference=reference)
+
+
+def selection_score(parts: dict[str, float], primary: str, reference: dict[str, float],
+                    tolerance: dict[str, float], penalty: float) -> float:
+    """sel = P - penalty * sum_g max(0, g_0 - tol_g - g) (see `dev_scorer_for`); without a
+    reference (the start model itself) sel = P."""
+    shortfall = sum(max(0.0, reference[g] - tolerance[g] - x) for g, x in parts.items()
+                    if g != primary and g in reference)
+    return parts[primary] - penalty * shortfall
 
 
 def rescore_domain_task(params: Params, task: str, model_path: str | Path, data_dir: Path | str) -> dict:

@@ -8,6 +8,7 @@ truncated one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,17 @@ def remove_path(path: Path | str) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def model_hash(model_dir: Path | str) -> str:
+    """sha256 over every file of the model folder (relative names and bytes): the weights and
+    configuration, since nothing else is written there. Training tags its run with it."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = f.relative_to(model_dir).as_posix()
+        h.update(rel.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

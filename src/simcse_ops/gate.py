@@ -9,13 +9,16 @@ General variants (no domain tasks), in Spearman x100 points on the 7 STS tasks:
     task(challenger) >= task(champion) - delta          for each task
     first version:  avg(challenger) > avg(base) + first_margin
 
-Domain variants (`variants.<V>.domain_tasks`; primary task P with metric m, e.g. nDCG@10):
-    with a champion: not worse on P beyond `margin`, by a paired bootstrap over P's queries or
-        pairs: with d* the resampled differences m(challenger) - m(champion) on the same items,
-        the challenger is refused when  p = P*(d* >= -margin) < alpha  (significantly worse
-        than -margin);
-    first version: beats base on P:  p = P*(d* <= first_margin) < alpha  (significantly better);
-    forgetting guard: avg_STS(challenger) >= avg_STS(reference) - general_max_drop.
+Domain variants (`variants.<V>.domain_tasks`; primary task P with metric m, e.g. nDCG@10), judged
+against every reference R (register.domain.references: base and the general variants, each scored
+on the variant's domain tasks in its evaluate stage), first version and challenger alike. With d*
+the paired bootstrap resamples of m(challenger) - m(R) on the same queries or pairs:
+    primary task, each R:  beats it,  p = P*(d* <= first_margin) < alpha  (significantly better);
+    every other domain task T, each R:  not significantly worse beyond `margin`: refused when
+        p = P*(d* >= -margin) < alpha;
+    with a champion: not worse on P beyond `margin` (as for T, with d* against the champion);
+    forgetting guard: avg_STS(challenger) >= avg_STS(R*) - general_max_drop, R* the best general
+        reference (the highest 7-task STS average among the references).
 
 Both kinds then pass the bias criterion (`gate_bias` below, thresholds `bias.gate`)
 against the same reference. The `base` variant itself is the reference and is promoted.
@@ -107,39 +110,75 @@ def _forgetting(challenger: Scores, ref: Scores, label: str, g: GateInputs) -> t
                 f"{ref.sts['avg']:.2f} ({d:+.2f}; may fall at most general_max_drop {drop})"]
 
 
-def _domain(challenger: Scores, ref: Scores, label: str, g: GateInputs, first: bool) -> tuple[bool, list[str]]:
-    """The paired bootstrap test on the primary task (see the module docstring)."""
-    task, dc = g.primary, g.cfg.domain
+def _paired(challenger: Scores, ref: Scores, label: str, task: str, g: GateInputs):
+    """(test, head) of the paired bootstrap on `task`, or (None, a fail reason)."""
     mine, theirs = challenger.domain.get(task), ref.domain.get(task)
     if mine is None or mine.items is None:
-        return False, [f"fail: domain: the challenger has no per-item results on {task} "
-                       f"(run the evaluate stage)"]
+        return None, f"fail: domain: the challenger has no per-item results on {task} (run the evaluate stage)"
     if theirs is None or theirs.items is None:
-        return False, [f"fail: domain: {label} has no per-item results on {task}; not comparable "
-                       f"(re-register it, or promote with --force --reason)"]
+        return None, (f"fail: domain: {label} has no per-item results on {task}; not comparable "
+                      f"(rerun the evaluate stage, re-register it, or promote with --force --reason)")
     if mine.fingerprint != theirs.fingerprint:
-        return False, [f"fail: domain: {label} was scored on other {task} data (fingerprint "
-                       f"{theirs.fingerprint} vs {mine.fingerprint}); not comparable (re-score it: rerun "
-                       f"the register stage with --data, or promote with --force --reason)"]
+        return None, (f"fail: domain: {label} was scored on other {task} data (fingerprint "
+                      f"{theirs.fingerprint} vs {mine.fingerprint}); not comparable (re-score it: rerun "
+                      f"the register stage with --data, or promote with --force --reason)")
     b = g.bootstrap
     try:
         t = paired_bootstrap(mine.items, theirs.items, mine.metric, n_resamples=b.n_resamples,
                              confidence=b.confidence, seed=b.seed)
     except ValueError as e:
-        return False, [f"fail: domain: {task}: {label}'s results are not on the same items ({e})"]
+        return None, f"fail: domain: {task}: {label}'s results are not on the same items ({e})"
     ci = f"{b.confidence:.0%} CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
-    head = (f"domain: {task} {mine.metric} {mine.value:.2f} vs {label} {theirs.value:.2f} "
-            f"({t.diff:+.2f}, {ci}, n={t.n})")
-    if first:
-        p = t.p_at_most(dc.first_margin)
-        ok = p < dc.alpha
-        why = f"p(diff <= {dc.first_margin}) = {p:.4f}; must beat it at alpha {dc.alpha}"
-    else:
-        p = t.p_at_least(-dc.margin)
-        ok = not p < dc.alpha
-        why = (f"p(diff >= -{dc.margin}) = {p:.4f}; refused when below alpha {dc.alpha}, "
-               f"i.e. significantly worse than the margin")
-    return ok, [f"{_ok(ok)}: {head}; {why}"]
+    return t, (f"domain: {task} {mine.metric} {mine.value:.2f} vs {label} {theirs.value:.2f} "
+               f"({t.diff:+.2f}, {ci}, n={t.n})")
+
+
+def _superior(challenger: Scores, ref: Scores, label: str, task: str, g: GateInputs) -> tuple[bool, str]:
+    """Significantly better than `ref` on `task` by more than first_margin."""
+    t, head = _paired(challenger, ref, label, task, g)
+    if t is None:
+        return False, head
+    dc = g.cfg.domain
+    p = t.p_at_most(dc.first_margin)
+    ok = p < dc.alpha
+    return ok, f"{_ok(ok)}: {head}; p(diff <= {dc.first_margin}) = {p:.4f}; must beat it at alpha {dc.alpha}"
+
+
+def _non_inferior(challenger: Scores, ref: Scores, label: str, task: str, g: GateInputs) -> tuple[bool, str]:
+    """Not significantly worse than `ref` on `task` by more than margin."""
+    t, head = _paired(challenger, ref, label, task, g)
+    if t is None:
+        return False, head
+    dc = g.cfg.domain
+    p = t.p_at_least(-dc.margin)
+    ok = not p < dc.alpha
+    return ok, (f"{_ok(ok)}: {head}; p(diff >= -{dc.margin}) = {p:.4f}; refused when below alpha "
+                f"{dc.alpha}, i.e. significantly worse than the margin")
+
+
+def best_general(references: Mapping[str, Scores]) -> str:
+    """The best general reference: the highest 7-task STS average (the first on a tie)."""
+    return max(references, key=lambda r: references[r].sts["avg"])
+
+
+def _domain_gate(challenger: Scores, champion: Scores | None, champion_label: str,
+                 references: Mapping[str, Scores], g: GateInputs) -> tuple[bool, list[str]]:
+    """The domain rule of the module docstring: every reference on every domain task, the
+    champion on the primary task, the forgetting guard against the best general reference."""
+    ok, reasons = True, []
+    others = [t for t in challenger.domain if t != g.primary]
+    for label, ref in references.items():
+        passed, why = _superior(challenger, ref, label, g.primary, g)
+        ok, reasons = ok and passed, reasons + [why]
+        for task in others:
+            passed, why = _non_inferior(challenger, ref, label, task, g)
+            ok, reasons = ok and passed, reasons + [why]
+    if champion is not None:
+        passed, why = _non_inferior(challenger, champion, champion_label, g.primary, g)
+        ok, reasons = ok and passed, reasons + [why]
+    best = best_general(references)
+    passed, more = _forgetting(challenger, references[best], f"{best} (best general reference)", g)
+    return ok and passed, reasons + more
 
 
 def _summary_of(obj: Mapping[str, Any], who: str) -> tuple[float, int, int]:
@@ -210,9 +249,28 @@ def gate_bias(
 
 
 def decide(challenger: Scores, champion: Scores | None, champion_label: str, base: Scores | None,
-           g: GateInputs) -> Decision:
-    """The promotion gate; every criterion checked yields one reason ("ok: ..." / "fail: ...")."""
+           g: GateInputs, references: Mapping[str, Scores] | None = None) -> Decision:
+    """The promotion gate; every criterion checked yields one reason ("ok: ..." / "fail: ...").
+
+    `references` ({label: scores}, each with its domain results on the challenger's items) judge a
+    domain variant; None: the base variant alone (`base`)."""
     cfg = g.cfg
+    if g.primary is not None and not g.is_base_variant:
+        refs = dict(references) if references else ({cfg.base_variant: base} if base is not None else {})
+        if not refs:
+            return Decision(False, ["fail: no references to judge a domain variant against; the register "
+                                    "stage passes --base-metrics (dvc.yaml) and the evaluate stage scores "
+                                    "register.domain.references"], "nothing")
+        if champion is not None:
+            missing = [t for t in [*g.tasks, "avg"] if t not in champion.sts]
+            if missing:
+                return Decision(False, [f"fail: {champion_label} has no score for {', '.join(missing)}; "
+                                        f"not comparable (promote with --force if intended)"], champion_label)
+        label = ", ".join(refs) + (f" and {champion_label}" if champion is not None else "")
+        ok, reasons = _domain_gate(challenger, champion, champion_label, refs, g)
+        bias_ref, bias_label = (champion, champion_label) if champion is not None else (
+            refs.get(cfg.base_variant, base), cfg.base_variant)
+        return _with_bias(ok, reasons, challenger, bias_ref, bias_label, label, g)
     if champion is not None:
         ref, label, first = champion, champion_label, False
         missing = [t for t in [*g.tasks, "avg"] if t not in champion.sts]
@@ -229,11 +287,7 @@ def decide(challenger: Scores, champion: Scores | None, champion_label: str, bas
     else:
         ref, label, first = base, cfg.base_variant, True
 
-    if g.primary is not None:
-        ok_d, reasons = _domain(challenger, ref, label, g, first)
-        ok_f, more = _forgetting(challenger, ref, label, g)
-        ok, reasons = ok_d and ok_f, reasons + more
-    elif first:
+    if first:
         d = challenger.sts["avg"] - base.sts["avg"]
         ok = d > cfg.first_margin
         reasons = [f"{_ok(ok)}: first version: avg {challenger.sts['avg']:.2f} vs {label} "
@@ -241,12 +295,18 @@ def decide(challenger: Scores, champion: Scores | None, champion_label: str, bas
     else:
         ok, reasons = _general(challenger, ref, label, g)
 
-    if cfg.bias_gate:
+    return _with_bias(ok, reasons, challenger, ref, label, label, g)
+
+
+def _with_bias(ok: bool, reasons: list[str], challenger: Scores, ref: Scores | None, ref_label: str,
+               compared_to: str, g: GateInputs) -> Decision:
+    """The bias criterion against `ref` (the champion, else the base variant) added to a decision."""
+    if g.cfg.bias_gate:
         if challenger.bias is None:
             ok = False
-            reasons.append("fail: bias: the challenger has no bias summary (run the bias stage)")
+            reasons = reasons + ["fail: bias: the challenger has no bias summary (run the bias stage)"]
         else:
-            b_ok, b_reasons = gate_bias(challenger.bias, ref.bias, g.bias_cfg)
+            b_ok, b_reasons = gate_bias(challenger.bias, ref.bias if ref is not None else None, g.bias_cfg)
             ok = ok and b_ok
-            reasons += [f"{r} (vs {label})" for r in b_reasons]
-    return Decision(bool(ok), reasons, label)
+            reasons = reasons + [f"{r} (vs {ref_label})" for r in b_reasons]
+    return Decision(bool(ok), reasons, compared_to)

@@ -55,11 +55,12 @@ from simcse_ops.actions import move_alias, reconcile
 from simcse_ops.card import model_card
 from simcse_ops.config import MlflowConfig, ServeConfig
 from simcse_ops.errors import RegistryError
+from simcse_ops.files import read_json
 from simcse_ops.evaluation import rescore_domain_task
-from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, decide
+from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, best_general, decide
 from simcse_ops.scores import (
     DOMAIN_ITEMS, DOMAIN_JSON, TORCH, TRAIN_JSON, backend_notes, base_scores, gate_inputs, load_domain, load_scores,
-    score_tags, version_scores,
+    reference_scores, score_tags, version_scores,
 )
 from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
 from simcse_ops.store import (
@@ -82,6 +83,7 @@ class Gathered:
     base: Scores | None  # the reference variant's (None for the reference itself)
     champ_mv: Any = None  # the champion's model version, None when there is none
     champion: Scores | None = None
+    references: dict[str, Scores] | None = None  # a domain variant's (scores.reference_scores)
 
     @property
     def champ_label(self) -> str:
@@ -125,7 +127,7 @@ def register_variant(
     ensure_registered_model(client, ev.name, mcfg)
     reconcile(client, ev.name, mcfg, log)
     gather_champion(client, params, ev, data_dir, log)
-    decision = decide(ev.scores, ev.champion, ev.champ_label, ev.base, ev.g)
+    decision = decide(ev.scores, ev.champion, ev.champ_label, ev.base, ev.g, ev.references)
     ref, ref_label = (ev.champion, ev.champ_label) if ev.champion is not None else (ev.base, ev.g.cfg.base_variant)
     decision = dataclasses.replace(decision, reasons=decision.reasons + backend_notes(ev.scores, ref, ref_label))
     run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
@@ -166,7 +168,23 @@ def gather(params, variant: str, model_dir: Path, metrics_dir: Path, base_metric
     if base_metrics_dir is not None and not g.is_base_variant:
         # the base encoder on the domain tasks, scored in the variant's own evaluate run
         base = base_scores(base_metrics_dir, g.tasks, load_domain(metrics_dir, "base"), backend)
-    return Gathered(variant, g.cfg.model_prefix + variant, g, scores, base)
+    refs = None
+    if g.primary is not None and base_metrics_dir is not None and not g.is_base_variant:
+        check_references(metrics_dir, model_dir.parent, variant)
+        refs = reference_scores(params, variant, metrics_dir, Path(base_metrics_dir).parent, backend)
+    return Gathered(variant, g.cfg.model_prefix + variant, g, scores, base, references=refs)
+
+
+def check_references(metrics_dir: Path, models_root: Path, variant: str) -> None:
+    """Refuse to judge a domain variant against a reference model that changed after its evaluate
+    stage scored it (domain.json `reference_models`: sha256 of each folder then)."""
+    scored = read_json(metrics_dir / DOMAIN_JSON).get("reference_models") or {}
+    for ref, sha in scored.items():
+        folder = models_root / ref
+        if folder.is_dir() and tracking.model_hash(folder) != sha:
+            raise RegistryError(
+                f"register {variant}: {folder} changed after evaluate@{variant} scored it; rerun "
+                f"`dvc repro -f evaluate@{variant}` so the gate compares with the current {ref}")
 
 
 def check_backend(ev: Gathered, backend: str, export_dir: Path | str | None) -> None:
@@ -238,7 +256,7 @@ def _attach_to_run(params, ev: Gathered, decision: Decision, model_dir: Path, me
     lineage = {**tracking.lineage_tags(root, ev.variant), "model_sha256": tracking.model_hash(model_dir)}
     card = model_card(ev.name, ev.variant, vcfg, params, scores, ev.base, ev.champion, ev.champ_label, decision,
                       lineage, ev.g.tasks, domain_path=metrics_dir / DOMAIN_JSON,
-                      train_path=metrics_dir / TRAIN_JSON)
+                      train_path=metrics_dir / TRAIN_JSON, references=ev.references)
     return run, lineage, card
 
 
@@ -384,6 +402,11 @@ def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str,
         # the domain figures the gate saw: the challenger beside the champion it was compared with
         "domain": {t: {"metric": d.metric, "challenger": d.value, "ci": list(d.ci) if d.ci else None,
                        "champion": (ev.champion.domain[t].value
-                                    if ev.champion is not None and t in ev.champion.domain else None)}
+                                    if ev.champion is not None and t in ev.champion.domain else None),
+                       "references": {r: s.domain[t].value for r, s in (ev.references or {}).items()
+                                      if t in s.domain}}
                    for t, d in ev.scores.domain.items()},
+        # a domain variant's references: general STS avg (the forgetting guard's best one marked)
+        "references": ({r: {"sts_avg": s.sts["avg"], "best_general": r == best_general(ev.references)}
+                        for r, s in ev.references.items()} if ev.references else None),
     }

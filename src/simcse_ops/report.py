@@ -380,8 +380,10 @@ def domain_section(vf: VariantFiles, registry: Mapping[str, Any] | None) -> str:
     gated = (registry or {}).get("domain") or {}
     has_champion = any((g or {}).get("champion") is not None for g in gated.values())
     paired = any(vf.name in (t.get("vs_base") or {}) for t in d["tasks"].values())  # not for base itself
+    others = [str(r) for r in d.get("references") or [] if r != "base"]  # general references beside base
     header = ["task", "metric", "n", *models]
     header += [f"{vf.name} \u2212 base (paired)", "p(diff \u2264 0)"] if paired else []
+    header += [f"{vf.name} \u2212 {r} (paired)" for r in others]
     header += ["champion (gate)"] if has_champion else []
     rows = []
     for task, t in d["tasks"].items():
@@ -401,10 +403,27 @@ def domain_section(vf: VariantFiles, registry: Mapping[str, Any] | None) -> str:
                              **a, **{"data-col": "diff"})
             cells += num_cell(_number(vs["p_at_most_0"], vf.domain, f"tasks.{task}.vs_base.p_at_most_0"), ".4f",
                               **a, **{"data-col": "p"})
+        for r in others:
+            vr = (t.get("vs_references") or {}).get(r)
+            cells += num_cell(None) if vr is None else ci_cell(
+                vr["diff"], vr.get("ci"), vf.domain, f"tasks.{task}.vs_references.{r}", "+.2f",
+                **a, **{"data-col": f"diff-{r}"})
         if has_champion:
             c = (gated.get(task) or {}).get("champion")
             cells += num_cell(None if c is None else _number(c, vf.registry, f"domain.{task}.champion"),
                               **a, **{"data-col": "champion"})
+        rows.append(cells)
+    refs = (registry or {}).get("references") or {}
+    own = _optional_json(vf.sts)
+    if refs and own is not None:  # general STS beside every reference: the forgetting guard's inputs
+        a = {"data-variant": vf.name, "data-section": "domain", "data-row": "general_sts_avg"}
+        cells = text_cell("general STS, 7-task avg") + text_cell("spearman") + num_cell(None)
+        for model in models:
+            v = own.get("avg") if model == vf.name else (refs.get(model) or {}).get("sts_avg")
+            cells += num_cell(None if v is None else _number(v, vf.registry, f"references.{model}.sts_avg"),
+                              **a, **{"data-col": model})
+        cells += (num_cell(None) + num_cell(None)) if paired else ""
+        cells += "".join(num_cell(None) for _ in others) + (num_cell(None) if has_champion else "")
         rows.append(cells)
     conf = (d.get("bootstrap") or {}).get("confidence", 0.95)
     out = head + table(header, rows, **{"class": "data", "data-table": "domain", "data-variant": vf.name})

@@ -10,8 +10,8 @@
 - run artifacts: `run_domain` reads the domain results (with per-item values) a version's run
   logged at registration;
 - for the gate: `gate_inputs` (the settings from params.yaml), `version_scores` (a registered
-  version's scores as the gate compares them) and `base_scores` (the reference variant's, for a
-  first champion). Registration (`registration.register_variant`) and `simcse-ops promote`
+  version's scores as the gate compares them), `base_scores` (the reference variant's, for a
+  first champion) and `reference_scores` (a domain variant's references, each on its items). Registration (`registration.register_variant`) and `simcse-ops promote`
   (`actions.promote`) both gather their inputs through these.
 
 Serving backends: the STS figures the gate compares (`Scores.sts`, tags `sts.<task>`) are those of
@@ -244,6 +244,23 @@ def version_scores(client, mv, variant: str, g: GateInputs, mcfg: MlflowConfig,
     per-item domain results its run logged (the paired test needs the items)."""
     s = scores_from_tags(mv.tags, g.tasks, backend)
     return dataclasses.replace(s, domain=run_domain(client, mv, variant, mcfg)) if g.primary else s
+
+
+def reference_scores(params, variant: str, metrics_dir: Path | str, metrics_root: Path | str,
+                     backend: str = TORCH, domain_of=None) -> dict[str, Scores]:
+    """A domain variant's references (`Params.domain_references`): each one's STS scores from
+    `<metrics_root>/<reference>/sts.json` (on `backend` when evaluated there) and its domain
+    results scored beside the variant, from the variant's `domain.json` / `domain_items.json`
+    (`domain_of(reference)` instead, e.g. a registered version's logged results)."""
+    out = {}
+    for ref in params.domain_references(variant):
+        domain = domain_of(ref) if domain_of is not None else load_domain(metrics_dir, ref)
+        if not domain:
+            raise FileNotFoundError(
+                f"{Path(metrics_dir) / DOMAIN_JSON}: no results of the reference {ref!r}; rerun the evaluate "
+                f"stage (`dvc repro -f evaluate@{variant}` scores every register.domain.references)")
+        out[ref] = base_scores(Path(metrics_root) / ref, [*params.evaluate.tasks], domain, backend)
+    return out
 
 
 def base_scores(base_metrics_dir: Path | str, tasks: list[str],

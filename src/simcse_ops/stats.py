@@ -28,6 +28,10 @@ Items are stored as a mapping of equal-length lists (what domain.json holds per 
   reports) and `roc_auc` (as sklearn's roc_auc_score), x100; both re-implemented in numpy for
   speed and tested equal to sklearn. A resample holding one class only leaves them undefined (NaN);
   such resamples are dropped from the percentiles and counted.
+- graded pair items {"id": [...], "gold": [human score], "score": [cosine]} (an STS-style
+  domain task): metrics `spearman` (Pearson's r of the ranks, ties at their average rank) and
+  `pearson`, x100, recomputed on every resample. A resample whose gold or cosine values are all
+  equal leaves them undefined (NaN), dropped and counted as above.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from scipy.stats import rankdata
 
 PAIR_METRICS = ("ap", "roc_auc")
 PAIR_FIELDS = ("id", "label", "score", "group")
+GRADED_METRICS = ("spearman", "pearson")
 
 Indices = np.ndarray | list[np.ndarray]
 
@@ -75,6 +80,10 @@ def bootstrap_indices(
 
 def _is_pair_items(items: Mapping[str, Sequence]) -> bool:
     return "label" in items and "score" in items
+
+
+def _is_graded_items(items: Mapping[str, Sequence]) -> bool:
+    return "gold" in items and "score" in items
 
 
 def _groups(items: Mapping[str, Sequence]) -> np.ndarray | None:
@@ -136,9 +145,29 @@ def _pair_metric(name: str, labels: np.ndarray, scores: np.ndarray) -> float:
     return roc_auc(labels, scores) * 100.0
 
 
+def correlation(name: str, gold: np.ndarray, scores: np.ndarray) -> float:
+    """Spearman's rho (Pearson's r of average ranks) or Pearson's r, x100; NaN when either side
+    is constant (as scipy.stats.spearmanr / pearsonr, which tests compare it with)."""
+    if name == "spearman":
+        gold, scores = rankdata(gold), rankdata(scores)
+    a, b = gold - gold.mean(), scores - scores.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den * 100.0) if den > 0 else float("nan")
+
+
 def _batch_metric(items: Mapping[str, Sequence], metric: str) -> Callable[[Indices], np.ndarray]:
     """A function of R index rows -> (R,) metric values x100; vectorised for mean metrics."""
     _n_items(items)
+    if _is_graded_items(items):
+        if metric not in GRADED_METRICS:
+            raise ValueError(f"unknown graded-pair metric {metric!r}; expected one of {', '.join(GRADED_METRICS)}")
+        gold = np.asarray(items["gold"], dtype=np.float64)
+        cos = np.asarray(items["score"], dtype=np.float64)
+
+        def graded(rows: Indices) -> np.ndarray:
+            return np.array([correlation(metric, gold[r], cos[r]) for r in rows])
+
+        return graded
     if _is_pair_items(items):
         if metric not in PAIR_METRICS:
             raise ValueError(f"unknown pair metric {metric!r}; expected one of {', '.join(PAIR_METRICS)}")

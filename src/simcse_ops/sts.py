@@ -22,7 +22,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +97,19 @@ class DevScorer:
     """A model-selection score on a dev set: `score(embed)` -> a number, higher is better.
 
     `metric` names it in the dev curve and train.json (e.g. "stsb_dev_spearman",
-    "pubmedqa_conclusion_dev_ndcg@10"). The trainer calls `score` every `eval_steps` and exports
+    "select_pubmedqa_conclusion_dev"). The trainer calls `score` every `eval_steps` and exports
     the step with the highest score.
+
+    A scorer over several dev tasks (`evaluation.dev_scorer_for`, a domain variant) puts each
+    task's figure of the last call in `parts` (the dev curve's extra columns) and compares them
+    with `reference`, the start model's figures, which the trainer fills from its step-0
+    evaluation (and from the curve's step-0 row when it resumes).
     """
 
     metric: str
     score: Callable[[EmbedFn], float]
+    parts: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
 
 
 def sts_dev_scorer(path: Path | str, split: str | None) -> DevScorer:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import platform
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from simcse_ops.config import MlflowConfig
+from simcse_ops.files import model_hash
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MODEL_TAG = "model_sha256"  # a run's tag: the hash of the model folder it produced (model_hash)
@@ -275,20 +275,6 @@ def lineage_tags(root: Path, variant: str) -> dict[str, str]:
         tags["dvc.lock"] = "absent (stage run outside dvc repro)"
     tags.update({f"sys.{k}": v for k, v in system_info().items()})
     return tags
-
-
-def model_hash(model_dir: Path | str) -> str:
-    """sha256 over every file of the model folder (relative names and bytes): the weights and
-    configuration, since nothing else is written there. Training tags its run with it."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256()
-    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        rel = f.relative_to(model_dir).as_posix()
-        h.update(rel.encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def who() -> str:

@@ -75,7 +75,7 @@ from simcse_ops.distributed import (
     sum_gradients,
 )
 from simcse_ops.encoder import pick_device, resolve_model
-from simcse_ops.files import atomic_path, write_json
+from simcse_ops.files import atomic_path, model_hash, write_json
 from simcse_ops.hardware import Precision, autocast, describe_device, precision_record, resolve_precision
 from simcse_ops.loss import info_nce
 from simcse_ops.model import (
@@ -298,6 +298,9 @@ def resume_or_seed(s: LoopState) -> None:
         return
     ckpt.restore(s.encoder, s.optimizer, s.scheduler, s.ctx.rank)
     s.result.resume_from(ckpt)
+    if s.dev is not None and s.result.dev_curve and s.result.dev_curve[0]["step"] == 0:
+        start = s.result.dev_curve[0]  # the start model's figures, for a multi-task selection rule
+        s.dev.scorer.reference.update({k: v for k, v in start.items() if k not in ("step", "dev_score")})
     s.step, s.prior_train_s = ckpt.step, float(ckpt.train_s)
     if s.result.best_step is not None and s.ctx.is_main:
         s.best_state = load_best_state(s.ckpt_dir, s.result.best_step)
@@ -310,9 +313,13 @@ def evaluate_dev(s: LoopState, selectable: bool = True) -> None:
     if s.dev is None or not s.ctx.is_main:
         return
     embed = make_embed_fn(s.encoder, s.tokenizer, s.dev.max_length, s.device, s.dev.batch_size, s.autocast)
-    score = float(s.dev.scorer.score(embed))
-    s.result.dev_curve.append({"step": s.step, "dev_score": round(score, 4)})
+    scorer = s.dev.scorer
+    score = float(scorer.score(embed))
+    s.result.dev_curve.append({"step": s.step, "dev_score": round(score, 4),
+                               **{k: round(float(x), 4) for k, x in scorer.parts.items()}})
     if not selectable:
+        if s.step == 0 and scorer.parts:  # the start model: what a multi-task rule compares with
+            scorer.reference.update(scorer.parts)
         return
     if s.result.best_dev_score is None or score > s.result.best_dev_score:
         s.result.best_dev_score, s.result.best_step = score, s.step
@@ -466,7 +473,8 @@ def run_training(
         encoder.to("cpu")
         export_sentence_transformer(encoder, tokenizer, out_dir, base_model=cfg.base_model)
         write_training_metrics(metrics_dir, result, variant=variant, method=cfg.method,
-                               exported_best=best_state is not None, world_size=ctx.world_size, device=torch_device)
+                               exported_best=best_state is not None, world_size=ctx.world_size, device=torch_device,
+                               base_model=cfg.base_model)
         return result
     finally:
         shutdown(ctx)
@@ -479,12 +487,14 @@ def run_training(
 def write_curves(metrics_dir: Path | str, loss_curve: list[dict], dev_curve: list[dict]) -> None:
     """The DVC plots: loss.csv (step, epoch, loss, lr) and dev.csv (step, dev_score).
 
-    dev_score is the DevScorer's number; train.json's `dev_metric` names it.
+    dev_score is the DevScorer's number; train.json's `dev_metric` names it. A multi-task
+    scorer's per-task figures follow as more columns of dev.csv.
     """
     metrics_dir = Path(metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)
+    parts = list(dict.fromkeys(k for r in dev_curve for k in r if k not in ("step", "dev_score")))
     for name, rows, columns in (("loss.csv", loss_curve, ["step", "epoch", "loss", "lr"]),
-                                ("dev.csv", dev_curve, ["step", "dev_score"])):
+                                ("dev.csv", dev_curve, ["step", "dev_score", *parts])):
         with atomic_path(metrics_dir / name) as tmp:
             with tmp.open("w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=columns)
@@ -493,7 +503,8 @@ def write_curves(metrics_dir: Path | str, loss_curve: list[dict], dev_curve: lis
 
 
 def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, variant: str, method: str,
-                           exported_best: bool, world_size: int, device: torch.device) -> None:
+                           exported_best: bool, world_size: int, device: torch.device,
+                           base_model: str | None = None) -> None:
     """metrics/<V>/train/: train.json (the DVC metrics), loss.csv and dev.csv (the DVC plots)."""
     metrics = {
         "variant": variant,
@@ -511,6 +522,8 @@ def write_training_metrics(metrics_dir: Path | str, result: TrainResult, *, vari
         "wall_s": round(result.wall_s, 1),
         "resumed_from_step": result.resumed_from_step,
         "world_size": world_size,
+        "base_model": base_model,  # and, for a local folder (another variant's model), its sha256
+        "base_model_sha256": model_hash(base_model) if base_model and Path(base_model).is_dir() else None,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         **precision_record(result.precision, device),

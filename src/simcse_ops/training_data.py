@@ -33,7 +33,10 @@ def load_training_texts(
     """Read `<data_dir>/<source>.parquet` for every source of the variant's corpus, concatenated.
 
     unsup reads the CORPUS column `text`; sup reads the NLI columns anchor / positive / negative;
-    pairs reads the text_pairs columns anchor / positive.
+    pairs reads the text_pairs columns anchor / positive. A pairs variant may also list corpus
+    sources: each sentence x becomes the pair (x, x), which in one forward pass with independent
+    dropout masks is exactly unsupervised SimCSE's positive, so one batch mixes unsupervised
+    sentences and mined pairs under one InfoNCE loss with shared in-batch negatives.
     """
     if method not in COLUMNS:
         raise ConfigError(f"method {method!r} has no training data (expected one of {', '.join(COLUMNS)})")
@@ -49,12 +52,17 @@ def load_training_texts(
                 f"(or ingest) first, or pass --data with the folder that holds it"
             )
         names = pq.read_schema(path).names
-        missing = [c for c in cols if c not in names]
+        # (x, x) rows from a corpus source of a pairs variant: source column for each method column
+        read = dict(zip(cols, cols))
+        if method == "pairs" and "text" in names and not all(c in names for c in cols):
+            read = {c: "text" for c in cols}
+        missing = sorted({v for v in read.values() if v not in names})
         if missing:
             raise DataError(path, None, f"columns {names}", f"columns {list(cols)} for a {method} variant",
                             "check the variant's `method` and `corpus` in params.yaml")
         extra = [c for c in ("file", "line") if c in names]
-        table = pq.read_table(path, columns=list(cols) + extra).to_pydict()
+        table = pq.read_table(path, columns=sorted(set(read.values())) + extra).to_pydict()
+        table.update({c: table[src] for c, src in read.items()})
         for c in cols:
             for i, v in enumerate(table[c]):
                 if v is None or not str(v).strip():

@@ -178,6 +178,27 @@ def test_pairs_labelled_three_formats(tmp_path):
     assert rows[2]["sentence1"] == "Hi, there." and rows[2]["sentence2"] == 'Hello, "you".'
 
 
+def test_pairs_scored_three_formats(tmp_path):
+    write(tmp_path, "g.tsv", "sentence1\tsentence2\tscore\nA cat sits.\tA feline sits.\t3.6\nA dog.\tA car.\t0\n")
+    write(tmp_path, "g.csv", 'score,sentence1,sentence2,split\n4,"Hi, there.","Hello, ""you"".",test\n')
+    write(tmp_path, "g.jsonl", '{"sentence1": "X is.", "sentence2": "Y is.", "score": 1.5}\n')
+    rows = read_source("u", src("pairs_scored", "g.tsv", "g.csv", "g.jsonl", split="dev", score_range=[0, 4]),
+                       tmp_path).to_pylist()
+    assert [(r["split"], r["score"], r["subset"], r["file"], r["line"]) for r in rows] == [
+        ("dev", 3.6, "g", "g.tsv", 2), ("dev", 0.0, "g", "g.tsv", 3), ("test", 4.0, "g", "g.csv", 2),
+        ("dev", 1.5, "g", "g.jsonl", 1)]
+    assert rows[2]["sentence2"] == 'Hello, "you".'
+
+
+def test_biosses_half_is_read_whole(read_real, params):
+    """The visible BIOSSES half: 50 pairs, all `dev` (its held-out half is the test), scores 0..4."""
+    r = read_real("biosses", params.sources["biosses"])
+    rows = r.table.to_pylist()
+    assert r.kind == "sts" and len(rows) == 50 and {x["split"] for x in rows} == {"dev"}
+    assert all(0.0 <= x["score"] <= 4.0 for x in rows) and len({x["score"] for x in rows}) > 10
+    assert rows[0]["file"] == "domain/biomedical/biosses_dev/biosses_dev.tsv" and rows[0]["line"] == 2
+
+
 def beir(root, qrels_test="query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"):
     write(root, "beir/toy/corpus.jsonl", '{"_id": "d1", "title": "T1", "text": "Doc one."}\n'
                                          '{"_id": "d2", "title": "", "text": "Doc two."}\n'

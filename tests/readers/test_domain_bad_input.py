@@ -104,6 +104,26 @@ def test_pairs_labelled_unknown_suffix(tmp_path):
     assert_names(e.value, "p.txt", None, ".tsv, .csv or .jsonl", "sources.u.paths")
 
 
+# -- pairs_scored --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "words"),
+    [
+        ("g.tsv", "sentence1\tsentence2\nA.\tB.\n", 1, ["without score", "sentence1, sentence2, score"]),
+        ("g.tsv", "sentence1\tsentence2\tscore\nA.\tB.\t2\nA.\tB.\thigh\n", 3, ["score 'high'", "a number in [0, 4]"]),
+        ("g.tsv", "sentence1\tsentence2\tscore\nA.\tB.\t4.5\n", 2, ["score '4.5'", "a number in [0, 4]"]),
+        ("g.tsv", "sentence1\tsentence2\tscore\nA.\tB.\tnan\n", 2, ["score 'nan'"]),
+        ("g.jsonl", '{"sentence1": "A.", "sentence2": "B."}\n', 1, ["no key 'score'"]),
+        ("g.jsonl", '{"sentence1": "A.", "sentence2": "B.", "score": true}\n', 1, ["score True"]),
+    ],
+)
+def test_pairs_scored_bad_input(tmp_path, name, text, line, words):
+    write(tmp_path, f"u/{name}", text)
+    with pytest.raises(DataError) as e:
+        read_source("u", src("pairs_scored", f"u/{name}", role="eval-domain", score_range=[0, 4]), tmp_path)
+    assert_names(e.value, f"u/{name}", line, *words)
+
+
 # -- BEIR ----------------------------------------------------------------------------------------
 
 CORPUS = '{"_id": "d1", "title": "T", "text": "Doc one."}\n{"_id": "d2", "text": "Doc two."}\n'

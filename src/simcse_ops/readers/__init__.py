@@ -35,6 +35,7 @@ from simcse_ops.readers.domain import (
     read_beir,
     read_mqp_csv,
     read_pairs_labelled,
+    read_pairs_scored,
     read_pubmedqa_pairs,
     read_pubmedqa_retrieval,
 )
@@ -70,6 +71,7 @@ FORMATS: dict[str, Format] = {
     "crows_pairs_csv": Format(read_crows_pairs_csv, "crows_pairs"),
     "mqp_csv": Format(read_mqp_csv, "pairs"),
     "pairs_labelled": Format(read_pairs_labelled, "pairs"),
+    "pairs_scored": Format(read_pairs_scored, "sts"),
     "beir": Format(read_beir, "retrieval", folders=True),
     "pubmedqa_retrieval": Format(read_pubmedqa_retrieval, "retrieval"),
     "pubmedqa_pairs": Format(read_pubmedqa_pairs, "text_pairs"),

@@ -1,6 +1,7 @@
 """Readers for domain evaluation sets and domain training pairs.
 
 * `read_mqp_csv`, `read_pairs_labelled` -> `simcse_ops.schemas.PAIRS` (pair classification)
+* `read_pairs_scored` -> `simcse_ops.schemas.STS` (graded similarity: pairs with a score, e.g. BIOSSES)
 * `read_beir`, `read_pubmedqa_retrieval` -> `simcse_ops.schemas.RETRIEVAL` (queries, docs, qrels)
 * `read_pubmedqa_pairs` -> `simcse_ops.schemas.TEXT_PAIRS` (positive pairs for contrastive training)
 
@@ -13,6 +14,7 @@ Every PubMedQA reader splits with `pubmedqa_split` (defined beside the PubMedQA 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,8 +41,8 @@ from simcse_ops.readers.corpus import (
     pubmedqa_split,
 )
 
-__all__ = ["pubmedqa_split", "read_beir", "read_mqp_csv", "read_pairs_labelled", "read_pubmedqa_pairs",
-           "read_pubmedqa_retrieval"]
+__all__ = ["pubmedqa_split", "read_beir", "read_mqp_csv", "read_pairs_labelled", "read_pairs_scored",
+           "read_pubmedqa_pairs", "read_pubmedqa_retrieval"]
 
 LABELS = {"0": 0, "1": 1}
 
@@ -99,6 +101,26 @@ def read_mqp_csv(
 PAIR_COLUMNS = ("sentence1", "sentence2", "label")
 
 
+def _pair_records(path: Path, ctx: ReadContext, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
+    """(line, record) of a pairs file, by suffix (optionally `.gz`): `.tsv` (a header, tab-separated,
+    no quoting), `.csv` (a header, RFC-4180 quoting) or `.jsonl` (one object per line)."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = Path(name).suffix
+    if suffix == ".tsv":
+        return _tsv_records(path, ctx, required)
+    if suffix == ".csv":
+        return _csv_records(path, ctx, required)
+    if suffix == ".jsonl":
+        return _jsonl_records(path, ctx)
+    raise DataError(path, None, f"file name {path.name!r}", "a .tsv, .csv or .jsonl file (optionally .gz)",
+                    f"rename the file or fix sources.{ctx.source}.paths")
+
+
+def _check_split_option(split: str, ctx: ReadContext) -> None:
+    if not split.strip():
+        raise ConfigError(f"sources.{ctx.source}.options.split: expected a non-empty split name, got {split!r}")
+
+
 def read_pairs_labelled(files: Sequence[Path], ctx: ReadContext, split: str = "test") -> Iterator[dict]:
     """A user's labelled pairs, by file suffix (optionally `.gz`):
 
@@ -109,20 +131,9 @@ def read_pairs_labelled(files: Sequence[Path], ctx: ReadContext, split: str = "t
 
     label is 0 or 1. A row without a split gets the option `split`; without a group, "".
     """
-    if not split.strip():
-        raise ConfigError(f"sources.{ctx.source}.options.split: expected a non-empty split name, got {split!r}")
+    _check_split_option(split, ctx)
     for path in files:
-        name = path.name[:-3] if path.name.endswith(".gz") else path.name
-        suffix = Path(name).suffix
-        if suffix == ".tsv":
-            records = _tsv_records(path, ctx)
-        elif suffix == ".csv":
-            records = _csv_records(path, ctx)
-        elif suffix == ".jsonl":
-            records = _jsonl_records(path, ctx)
-        else:
-            raise DataError(path, None, f"file name {path.name!r}", "a .tsv, .csv or .jsonl file (optionally .gz)",
-                            f"rename the file or fix sources.{ctx.source}.paths")
+        records = _pair_records(path, ctx, PAIR_COLUMNS)
         rel = ctx.rel(path)
         for line, rec in records:
             try:
@@ -134,20 +145,70 @@ def read_pairs_labelled(files: Sequence[Path], ctx: ReadContext, split: str = "t
             yield row
 
 
-def _header_names(path: Path, names: list[str], sep: str) -> list[str]:
+SCORED_COLUMNS = ("sentence1", "sentence2", "score")
+
+
+def read_pairs_scored(files: Sequence[Path], ctx: ReadContext, split: str = "test",
+                      score_range: Sequence[float] | None = None) -> Iterator[dict]:
+    """Graded similarity pairs (an STS-style domain task such as BIOSSES), by file suffix as
+    `read_pairs_labelled`: a header (or keys) sentence1, sentence2, score (optional split).
+
+    score is a finite number, within `score_range` [low, high] when given (BIOSSES: 0..4). A row
+    without a split gets the option `split`. Rows make the `sts` kind (subset: the file's stem),
+    scored as Spearman x100 of cosine (`simcse_ops.domain.score_graded_pairs`).
+    """
+    _check_split_option(split, ctx)
+    if score_range is not None and (len(score_range) != 2 or float(score_range[0]) > float(score_range[1])):
+        raise ConfigError(f"sources.{ctx.source}.options.score_range: expected [low, high], got {score_range!r}")
+    for path in files:
+        rel = ctx.rel(path)
+        subset = Path(path.name[:-3] if path.name.endswith(".gz") else path.name).stem
+        for line, rec in _pair_records(path, ctx, SCORED_COLUMNS):
+            try:
+                row = _scored_row(path, line, rec, split, score_range)
+            except DataError as e:
+                ctx.bad(e)
+                continue
+            row.update(subset=subset, file=rel, line=line)
+            yield row
+
+
+def _scored_row(path: Path, line: int, rec: dict, default_split: str,
+                score_range: Sequence[float] | None) -> dict:
+    s1, s2 = _text(rec, "sentence1", path, line), _text(rec, "sentence2", path, line)
+    check_nonempty({"sentence1": s1, "sentence2": s2}, path, line)
+    raw = rec.get("score")
+    expected = ("a number" if score_range is None
+                else f"a number in [{float(score_range[0]):g}, {float(score_range[1]):g}]")
+    try:
+        score = float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError, AttributeError):
+        raise DataError(path, line, f"score {raw!r:.40}" if "score" in rec else "no key 'score'",
+                        f"score as {expected}") from None
+    if isinstance(raw, bool) or not math.isfinite(score) or (
+            score_range is not None and not float(score_range[0]) <= score <= float(score_range[1])):
+        raise DataError(path, line, f"score {raw!r:.40}", f"score as {expected}")
+    split = _text(rec, "split", path, line) if "split" in rec else default_split
+    if not split:
+        raise DataError(path, line, "an empty split", "a split name (or no split column)")
+    return {"split": split, "sentence1": s1, "sentence2": s2, "score": score}
+
+
+def _header_names(path: Path, names: list[str], sep: str, required: Sequence[str]) -> list[str]:
     names = [n.strip() for n in names]
-    missing = [c for c in PAIR_COLUMNS if c not in names]
+    missing = [c for c in required if c not in names]
     if missing:
+        optional = "split, group" if "label" in required else "split"
         raise DataError(path, 1, f"header {sep.join(names)!r} without {', '.join(missing)}",
-                        "a header naming sentence1, sentence2, label (optional split, group)")
+                        f"a header naming {', '.join(required)} (optional {optional})")
     return names
 
 
-def _tsv_records(path: Path, ctx: ReadContext) -> Iterator[tuple[int, dict]]:
+def _tsv_records(path: Path, ctx: ReadContext, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
     lines = list(iter_lines(path, ctx, read_bytes(path, ctx)))
     if not lines or lines[0].number != 1:
-        raise DataError(path, 1, "no readable header line", "a header naming sentence1, sentence2, label")
-    names = _header_names(path, lines[0].text.split("\t"), "\t")
+        raise DataError(path, 1, "no readable header line", f"a header naming {', '.join(required)}")
+    names = _header_names(path, lines[0].text.split("\t"), "\t", required)
     for ln in lines[1:]:
         if not ln.text.strip():
             ctx.stats["blank_lines"] += 1
@@ -160,13 +221,13 @@ def _tsv_records(path: Path, ctx: ReadContext) -> Iterator[tuple[int, dict]]:
         yield ln.number, dict(zip(names, fields))
 
 
-def _csv_records(path: Path, ctx: ReadContext) -> Iterator[tuple[int, dict]]:
+def _csv_records(path: Path, ctx: ReadContext, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
     lines = list(iter_lines(path, ctx, read_bytes(path, ctx)))
     if not lines or lines[0].number != 1:
-        raise DataError(path, 1, "no readable header line", "a header naming sentence1, sentence2, label")
+        raise DataError(path, 1, "no readable header line", f"a header naming {', '.join(required)}")
     records = csv_fields(path, lines)
     _, names = next(records)
-    names = _header_names(path, names, ",")
+    names = _header_names(path, names, ",", required)
     for line, fields in records:
         if fields == [] or fields == [""]:
             ctx.stats["blank_lines"] += 1
