@@ -379,6 +379,34 @@ def test_a_multi_task_scorer_gets_the_start_model_as_its_reference(tmp_path, tin
     assert resumed.reference == {"p": 50.0, "g": 80.0}
 
 
+def test_interpolation_exports_the_weighted_mean_of_start_and_trained_weights(tmp_path, tiny_model_dir):
+    """WiSE-FT: with interpolation w the dev set scores, and the best step exports,
+    (1 - w) * start + w * trained; the trained weights themselves keep training."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+    from simcse_ops.training_data import build_training_set
+
+    torch.set_num_threads(1)
+    write_data(tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=3, eval_steps=3,
+                        checkpoint_steps=0, lr=1e-3, interpolation=0.25)
+    start = SimCSEEncoder.from_pretrained(str(tiny_model_dir)).state_dict()
+    encoder = SimCSEEncoder.from_pretrained(str(tiny_model_dir))
+    _, best = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt",
+                    dev=DevConfig(DevScorer("toy", lambda embed: 1.0)), progress=False)
+    trained = encoder.state_dict()
+    name = "backbone.embeddings.word_embeddings.weight"
+    assert not torch.equal(trained[name], start[name])  # it trained
+    torch.testing.assert_close(best[name], 0.75 * start[name] + 0.25 * trained[name])
+
+
 def test_pairs_stage_lowers_the_loss_and_exports_a_loadable_model(tmp_path, tiny_model_dir, project_root,
                                                                    monkeypatch):
     import torch

@@ -151,6 +151,9 @@ class VariantConfig:
     length_groups: int = 4  # forward passes per step over rows of similar length (less padding)
     dropout_impl: Literal["auto", "native", "fast"] = "auto"  # auto: FastDropout on CPU, torch's on CUDA
     tsdae_deletion_ratio: float = 0.6  # tsdae: probability of deleting each input word (TSDAE paper: 0.6)
+    # Weight interpolation (WiSE-FT, Wortsman et al. 2022): every evaluated and exported model is
+    # (1 - w) * start + w * trained, parameter by parameter; 1.0: the trained weights as they are.
+    interpolation: float = 1.0
     description: str = ""
     # Domain evaluation suite: names in evaluate.domain_tasks, scored next to the 7 STS tasks.
     # A variant with domain tasks is a *domain variant*: `primary_task` (default: the first)
@@ -667,6 +670,9 @@ def _check_variants(params: Params, raw: dict) -> None:
         for c in v.corpus:
             if c not in params.sources:
                 _fail(params, f"{key}.corpus", f"no source {c!r} in sources")
+        if not 0.0 < v.interpolation <= 1.0:
+            _fail(params, f"{key}.interpolation",
+                  f"expected a weight in (0, 1] (1: the trained weights), got {v.interpolation}")
         if v.length_groups < 1:
             _fail(params, f"{key}.length_groups",
                   f"expected an integer >= 1 (1 = one padded forward pass per step), got {v.length_groups}")

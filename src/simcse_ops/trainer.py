@@ -265,6 +265,7 @@ class LoopState:
     precision: Precision = "fp32"  # effective: hardware.resolve_precision of cfg.precision
     step: int = 0  # steps done
     best_state: dict | None = None  # the best dev step's weights (rank 0), None: export the final
+    start_state: dict | None = None  # the start weights, when cfg.interpolation < 1 (`interpolated`)
     prior_train_s: float = 0.0  # training seconds of steps 1..step carried by the resumed checkpoint
     t_train: float = 0.0  # perf_counter() when this run's training loop started
 
@@ -307,11 +308,37 @@ def resume_or_seed(s: LoopState) -> None:
     log.info("resumed from %s at step %d", s.ckpt_dir, s.step)
 
 
+def interpolated(start: dict, trained: dict, w: float) -> dict:
+    """(1 - w) * start + w * trained for every floating-point tensor (WiSE-FT); others as trained."""
+    return {k: torch.lerp(start[k].to(v.device, v.dtype), v, w) if v.is_floating_point() else v
+            for k, v in trained.items()}
+
+
+@contextlib.contextmanager
+def evaluated_weights(s: LoopState):
+    """The weights a dev evaluation scores and a best step exports: the trained ones, or their
+    interpolation with the start weights (`VariantConfig.interpolation`) for the block."""
+    if s.start_state is None:
+        yield
+        return
+    trained = {k: v.detach().clone() for k, v in s.encoder.state_dict().items()}
+    s.encoder.load_state_dict(interpolated(s.start_state, trained, s.cfg.interpolation))
+    try:
+        yield
+    finally:
+        s.encoder.load_state_dict(trained)
+
+
 def evaluate_dev(s: LoopState, selectable: bool = True) -> None:
     """Score the model on dev (rank 0) onto the curve; a selectable step that beats the best so
     far becomes the best state (and best.pt when checkpointing)."""
     if s.dev is None or not s.ctx.is_main:
         return
+    with evaluated_weights(s):
+        _evaluate_dev(s, selectable)
+
+
+def _evaluate_dev(s: LoopState, selectable: bool) -> None:
     embed = make_embed_fn(s.encoder, s.tokenizer, s.dev.max_length, s.device, s.dev.batch_size, s.autocast)
     scorer = s.dev.scorer
     score = float(scorer.score(embed))
@@ -379,6 +406,8 @@ def train(
                          dev_metric=dev.scorer.metric if dev is not None else None, precision=precision)
     s = LoopState(cfg, encoder, tokenizer, optimizer, scheduler, result, fp, steps_per_epoch, Path(ckpt_dir),
                   dev, device, ctx, precision)
+    if cfg.interpolation < 1.0 and ctx.is_main:  # before a resume overwrites them
+        s.start_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     resume_or_seed(s)
 
     sentences_per_step = cfg.batch_size * data.sentences_per_example
@@ -422,6 +451,8 @@ def train(
     result.steps, result.epochs_run = s.step, s.step / steps_per_epoch
     result.sentences_per_s = s.step * sentences_per_step / result.train_s if result.train_s > 0 else 0.0
     result.wall_s = time.perf_counter() - t_start
+    if s.best_state is None and s.start_state is not None:  # no dev set: the final weights, interpolated
+        s.best_state = interpolated(s.start_state, encoder.state_dict(), cfg.interpolation)
     return result, s.best_state
 
 
