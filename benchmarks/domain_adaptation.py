@@ -45,6 +45,19 @@ CONFIGS: dict[str, dict] = {
     # start from the team's general model
     "pairs-qa-from-wiki": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5, "epochs": 4,
                            "eval_steps": 8, "base_model": "models/unsup-wiki"},
+    # the same, exporting (1 - w) * unsup-wiki + w * trained (WiSE-FT weight interpolation)
+    "pairs-qa-from-wiki-wise50": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
+                                  "epochs": 4, "eval_steps": 8, "base_model": "models/unsup-wiki",
+                                  "interpolation": 0.5},
+    "pairs-qa-from-wiki-wise30": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
+                                  "epochs": 4, "eval_steps": 8, "base_model": "models/unsup-wiki",
+                                  "interpolation": 0.3},
+    "pairs-qa-from-wiki-wise70": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
+                                  "epochs": 4, "eval_steps": 4, "base_model": "models/unsup-wiki",
+                                  "interpolation": 0.7},
+    # pairs-qa-from-wiki, scored every 2 steps for 2 epochs: the selection rule sees the early steps
+    "pairs-qa-from-wiki-fine": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
+                                "epochs": 2, "eval_steps": 2, "base_model": "models/unsup-wiki"},
     # two stages: unsupervised SimCSE on the domain sentences, then the mined pairs
     "two-stage": {"method": "unsup", "corpus": ["pubmedqa"], "mlp": True, "batch_size": 64, "eval_steps": 15,
                   "checkpoint_steps": 0,
