@@ -306,22 +306,29 @@ def test_sts_dev_scorer_reads_one_split_and_names_its_metric(tmp_path):
         sts_dev_scorer(tmp_path / "nope.parquet", "dev")
 
 
-def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir):
-    """The scorer is called at step 0 (curve only), every eval_steps and at the end; the best
-    trained step wins whatever the metric."""
+def toy_unsup_data(tmp_path, tiny_model_dir):
+    """One thread, the toy wiki1m rows written under tmp_path, the tiny model's tokenizer and the
+    unsupervised training set of those rows at length 32."""
     import torch
     from transformers import AutoTokenizer
 
-    from simcse_ops.config import VariantConfig
-    from simcse_ops.model import SimCSEEncoder
-    from simcse_ops.sts import DevScorer
-    from simcse_ops.trainer import DevConfig, train
     from simcse_ops.training_data import build_training_set
 
     torch.set_num_threads(1)
     write_data(tmp_path)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    return tok, build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+
+
+def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir):
+    """The scorer is called at step 0 (curve only), every eval_steps and at the end; the best
+    trained step wins whatever the metric."""
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
     cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=7, eval_steps=2,
                         checkpoint_steps=0)
     scores = iter([99.0, 1.0, 5.0, 2.0, 3.0])  # steps 0, 2, 4, 6, 7
@@ -337,19 +344,12 @@ def test_a_multi_task_scorer_gets_the_start_model_as_its_reference(tmp_path, tin
     """Step 0's figures become the scorer's reference (what the selection rule's guards compare
     with); every task's figure is a column of the dev curve; a resumed run gets the reference back
     from the checkpoint's curve."""
-    import torch
-    from transformers import AutoTokenizer
-
     from simcse_ops.config import VariantConfig
     from simcse_ops.model import SimCSEEncoder
     from simcse_ops.sts import DevScorer
     from simcse_ops.trainer import DevConfig, train
-    from simcse_ops.training_data import build_training_set
 
-    torch.set_num_threads(1)
-    write_data(tmp_path)
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
     cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=4, eval_steps=2,
                         checkpoint_steps=2)
 
@@ -383,18 +383,13 @@ def test_interpolation_exports_the_weighted_mean_of_start_and_trained_weights(tm
     """WiSE-FT: with interpolation w the dev set scores, and the best step exports,
     (1 - w) * start + w * trained; the trained weights themselves keep training."""
     import torch
-    from transformers import AutoTokenizer
 
     from simcse_ops.config import VariantConfig
     from simcse_ops.model import SimCSEEncoder
     from simcse_ops.sts import DevScorer
     from simcse_ops.trainer import DevConfig, train
-    from simcse_ops.training_data import build_training_set
 
-    torch.set_num_threads(1)
-    write_data(tmp_path)
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    data = build_training_set(tok, load_training_texts(tmp_path, ["wiki1m"], "unsup"), "unsup", 32)
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
     cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=3, eval_steps=3,
                         checkpoint_steps=0, lr=1e-3, interpolation=0.25)
     start = SimCSEEncoder.from_pretrained(str(tiny_model_dir)).state_dict()
