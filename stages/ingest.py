@@ -12,7 +12,7 @@ from pathlib import Path
 
 from simcse_ops.config import load_params
 from simcse_ops.errors import run_main
-from simcse_ops.ingest import run_ingest
+from simcse_ops.ingest import link_data_root_for_queue, run_ingest
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     params = load_params(args.params)
     metrics = run_ingest(params, args.out, args.metrics, args.only)
+    link_data_root_for_queue(Path(args.params).resolve().parent, params.data.root)  # for `dvc queue start`
     logging.getLogger("stages.ingest").info(
         "ingest: %d rows in %d source(s) -> %s", metrics["total_rows"], len(metrics["sources"]), args.out
     )

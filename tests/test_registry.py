@@ -394,3 +394,86 @@ def test_an_onnx_challenger_meets_a_torch_only_champion_on_torchs_scores(project
     # a second onnx version is compared on the champion's onnx scores (v2 is champion now)
     result = _register_backend(project, exported, "mixed-", "onnx", "m3", torch=79.5, onnx=79.3, int8=78.5)
     assert "avg 79.30 vs champion v2 78.90" in " ".join(result["reasons"]) and "note:" not in " ".join(result["reasons"])
+
+
+# --------------------------------------------------------------------------------------------
+# Outside a committed state: experiments and uncommitted inputs
+
+
+@pytest.mark.slow
+def test_an_experiment_gates_and_tracks_but_registers_nothing(project, monkeypatch):
+    _register(project, "exp-", "sup-nli", {"scores": 80.0}, "first")  # v1, the champion
+    client = _client()
+    before = ([int(v.version) for v in client.search_model_versions("name = 'exp-sup-nli'")],
+              dict(client.get_registered_model("exp-sup-nli").aliases))
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    result = _register(project, "exp-", "sup-nli", {"scores": 81.0}, "exp")
+    after = ([int(v.version) for v in client.search_model_versions("name = 'exp-sup-nli'")],
+             dict(client.get_registered_model("exp-sup-nli").aliases))
+    assert after == before  # no version, no alias moved
+    assert result["registered"] is False and result["version"] is None
+    assert result["decision"] == "experiment: not registered" and result["champion"] == 1
+    assert result["gate"] == {"decision": "promote", "would_promote": True}
+    assert result["experiment"] == {"name": "lr-sweep-1", "baseline_rev": "a" * 40}
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["dvc.exp_name"] == "lr-sweep-1" and run.data.tags["dvc.exp_baseline_rev"] == "a" * 40
+    assert run.data.tags["gate.decision"] == "promote" and run.data.tags["stage"] == "experiment-gate"
+    assert run.data.metrics["sts.avg"] == pytest.approx(81.0)
+    assert "model_sha256" not in run.data.tags  # the training run keeps that tag to itself
+    # a model never registered before: the experiment does not create the registered model either
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-2")
+    result = _register(project, "exp-new-", "sup-nli", {"scores": 81.0}, "exp2")
+    assert result["champion"] is None and result["gate"]["would_promote"] is True
+    assert not client.search_registered_models("name = 'exp-new-sup-nli'")
+
+
+def _git_project(project, tmp_path: Path) -> Path:
+    """A git checkout holding the project's params.yaml, committed, with a dvc.lock naming metrics/
+    as a stage output."""
+    import subprocess
+
+    root, params_path, model = project
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy2(params_path, repo / "params.yaml")
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages:\n  evaluate@x:\n    outs:\n    - path: metrics/x/sts.json\n")
+    write_metrics(repo / "metrics" / "x", TASKS, 80.0)
+    for args in (["init", "-q"], ["config", "user.email", "t@example.invalid"], ["config", "user.name", "t"],
+                 ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+def test_uncommitted_inputs_leave_out_what_the_pipeline_writes(project, tmp_path):
+    repo = _git_project(project, tmp_path)
+    assert tracking.uncommitted_inputs(repo) == []
+    (repo / "dvc.lock").write_text((repo / "dvc.lock").read_text() + "# rerun\n")
+    write_metrics(repo / "metrics" / "x", TASKS, 81.0)
+    assert tracking.uncommitted_inputs(repo) == []  # dvc.lock and stage outputs: the pipeline's own
+    assert tracking.git_info(repo)["git.dirty"] == "false"
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n# changed\n")
+    assert tracking.uncommitted_inputs(repo) == ["params.yaml"]
+    assert tracking.git_info(repo)["git.dirty"] == "true"
+
+
+@pytest.mark.slow
+def test_uncommitted_inputs_hold_the_champion_or_refuse(project, tmp_path):
+    root, params_path, model = project
+    repo = _git_project(project, tmp_path)
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text() + "\n# changed\n")
+    params = _params(params_path, "dirty-")
+    tracking.get_experiment_id(_client(), root, params.mlflow)  # artifacts under the store's root, not in cwd
+    mdir = write_metrics(root / "metrics" / "dirty", TASKS, 80.0)
+    result = registration.register_variant("sup-nli", model, mdir, params, repo,
+                                           base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
+    assert result["registered"] is True and result["version"] == 1
+    assert result["decision"] == "held" and result["promoted"] is False and result["champion"] is None
+    assert result["reasons"][-1].startswith("held: 1 tracked file(s) (params.yaml) differ from the last commit")
+    assert set(_client().get_registered_model("dirty-sup-nli").aliases) == {"challenger"}
+
+    refuse = dataclasses.replace(params, register=dataclasses.replace(params.register, uncommitted="refuse"))
+    with pytest.raises(RegistryError, match=r"params.yaml\) differ from the last commit and register.uncommitted is 'refuse'"):
+        registration.register_variant("sup-nli", model, mdir, refuse, repo,
+                                      base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
+    assert [int(v.version) for v in _client().search_model_versions("name = 'dirty-sup-nli'")] == [1]

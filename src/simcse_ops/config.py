@@ -378,6 +378,10 @@ class RegisterConfig:
     first_margin: float = 0.0  # a first version must exceed base avg by more than this
     bias_gate: bool = True  # apply the bias criterion (gate.gate_bias, thresholds `bias.gate`)
     domain: DomainGateConfig = field(default_factory=DomainGateConfig)
+    # When an input (code, params.yaml, dvc.yaml) differs from the last commit: `hold` registers
+    # the version and moves `challenger` but never `champion`; `refuse` fails the stage.
+    # (Inside `dvc exp run` nothing is registered either way: registration.register_variant.)
+    uncommitted: Literal["hold", "refuse"] = "hold"
 
 
 # --------------------------------------------------------------------------------------------

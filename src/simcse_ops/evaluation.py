@@ -199,7 +199,12 @@ def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
                     task_out["vs_references"][label] = paired(results[t][variant], results[t][label], metric)
         out_tasks[t] = task_out
         items[t] = {label: r["items"] for label, r in results[t].items()}
-    summary = {"variant": variant, "primary": v.primary, "models": [*models, "bm25"],
+    head = out_tasks.get(v.primary, {})
+    headline = head.get("results", {}).get(variant, {}).get("metrics", {}).get(head.get("metric"))
+    # the variant's figure on its primary task, flat: a column of `dvc exp show` / `dvc metrics diff`
+    summary = {"variant": variant, "primary": v.primary,
+               "primary_metric": {"metric": head.get("metric"), "value": headline},
+               "models": [*models, "bm25"],
                "references": [m for m in models if m != variant],
                "reference_models": {m: model_hash(Path(p)) for m, p in models.items() if m != variant},
                "tasks": out_tasks, "long_documents": cfg.long_documents,

@@ -62,10 +62,11 @@ class Decision:
     promote: bool
     reasons: list[str]
     compared_to: str
+    held: bool = False  # passed, but not promoted: registered from uncommitted inputs (registration)
 
     @property
     def label(self) -> str:
-        return "promote" if self.promote else "reject"
+        return "held" if self.held else "promote" if self.promote else "reject"
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,39 @@ def run_ingest(
     metrics = build_metrics(params, results, previous)
     write_json(metrics_path, metrics)
     return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Queued experiments
+
+QUEUE_COPIES = Path(".dvc") / "tmp" / "exps"  # `dvc queue start` runs each experiment in <this>/<tmp>/
+
+
+def link_data_root_for_queue(repo: Path | str, data_root: str) -> Path | None:
+    """Make a relative `data.root` that leaves the repository (`../shared/data`) resolve from the
+    copies `dvc queue start` runs experiments in: from `.dvc/tmp/exps/<tmp>/`, `../shared` is
+    `.dvc/tmp/exps/shared`, so a symlink there to the real `../shared` lets DVC hash the ingest
+    stage's deps and the stage read them. Returns the link (None when the root is absolute, inside
+    the repository, or climbs too far to land under .dvc/). `.dvc/tmp` is ignored by git and DVC."""
+    repo, rel = Path(repo).resolve(), Path(data_root)
+    ups = 0
+    for part in rel.parts:
+        if part != "..":
+            break
+        ups += 1
+    if rel.is_absolute() or ups == 0 or ups >= len(QUEUE_COPIES.parts) + 1 or len(rel.parts) == ups:
+        return None
+    anchor = repo / QUEUE_COPIES / "copy"
+    for _ in range(ups):
+        anchor = anchor.parent
+    link = anchor / rel.parts[ups]
+    target = (repo / Path(*rel.parts[: ups + 1])).resolve()
+    if link.is_symlink() and link.resolve() == target:
+        return link
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        return None  # something DVC made: leave it alone
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+    return link

@@ -119,17 +119,31 @@ def register_variant(
     step = on_step or (lambda _s: None)
     root, model_dir, metrics_dir = Path(root), Path(model_dir), Path(metrics_dir)
     mcfg = params.mlflow
+    experiment = tracking.dvc_experiment()
+    uncommitted = [] if experiment else tracking.uncommitted_inputs(root)
+    if uncommitted and params.register.uncommitted == "refuse":
+        raise RegistryError(
+            f"register {params.register.model_prefix}{variant}: {_listed(uncommitted)} differ from the last "
+            f"commit and register.uncommitted is 'refuse': commit them, then `dvc repro` (or set "
+            f"register.uncommitted: hold to register without moving champion)")
     ev = gather(params, variant, model_dir, metrics_dir, base_metrics_dir)
     check_backend(ev, params.serve.backend, export_dir)
 
     step("prepare")
     client = mlflow_client()
-    ensure_registered_model(client, ev.name, mcfg)
-    reconcile(client, ev.name, mcfg, log)
+    if not experiment:  # an experiment reads the registry and writes nothing to it
+        ensure_registered_model(client, ev.name, mcfg)
+        reconcile(client, ev.name, mcfg, log)
     gather_champion(client, params, ev, data_dir, log)
     decision = decide(ev.scores, ev.champion, ev.champ_label, ev.base, ev.g, ev.references)
     ref, ref_label = (ev.champion, ev.champ_label) if ev.champion is not None else (ev.base, ev.g.cfg.base_variant)
     decision = dataclasses.replace(decision, reasons=decision.reasons + backend_notes(ev.scores, ref, ref_label))
+    if experiment:
+        return _record_experiment(params, ev, decision, experiment, model_dir, metrics_dir, root, ref, log)
+    if uncommitted and decision.promote:  # register.uncommitted: hold
+        decision = dataclasses.replace(decision, promote=False, held=True, reasons=decision.reasons + [
+            f"held: {_listed(uncommitted)} differ from the last commit; champion stays. Commit them, then "
+            f"`dvc repro -f -s register@{variant}` registers from the commit (README \"Experiments\")"])
     run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
 
     step("log_model")
@@ -377,6 +391,61 @@ def _undo(client, name: str, version: str, prev_champion: str | None, log) -> bo
 
 
 # --------------------------------------------------------------------------------------------
+# Outside a committed state
+
+
+NOT_REGISTERED = "experiment: not registered"
+
+
+def _listed(paths: list[str]) -> str:
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"{len(paths)} tracked file(s) ({shown})"
+
+
+def _record_experiment(params, ev: Gathered, decision: Decision, experiment: dict[str, str], model_dir: Path,
+                       metrics_dir: Path, root: Path, ref: Scores | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Inside `dvc exp run`: track the gate in its own MLflow run (tagged with the experiment's
+    name and baseline commit, the scores as metrics, the decision it would have made) and write
+    registry.json without a version. No version is created and no alias moves."""
+    name = experiment["dvc.exp_name"]
+    digest = tracking.model_hash(model_dir)
+    with tracking.start_run(ev.variant, params=dataclasses.asdict(params.variant(ev.variant)), root=root,
+                            cfg=params.mlflow, run_name=f"exp-{name}-{ev.variant}-gate") as run:
+        # not `model_sha256`: that tag marks the run that trained the model (tracking.run_for_model)
+        run.set_tags({"stage": "experiment-gate", "gate.model_sha256": digest, "gate.decision": decision.label,
+                      "gate.would_promote": str(decision.promote).lower(), "gate.compared_to": decision.compared_to,
+                      "gate.reasons": "\n".join(decision.reasons)[:4900]})
+        torch = ev.scores.backends.get(TORCH)
+        tracking.attach_results(run, "sts", {**torch["tasks"], "avg": torch["avg"]} if torch else ev.scores.sts,
+                                [metrics_dir / "sts.json"])
+        tracking.attach_results(run, "bias", ev.scores.bias or {}, [metrics_dir / "bias.json"])
+        if ev.scores.domain:
+            tracking.attach_results(run, "domain", {t: d.value for t, d in ev.scores.domain.items()},
+                                    [metrics_dir / DOMAIN_JSON])
+    log(f"register: {ev.name}: {NOT_REGISTERED} (experiment {name}, baseline "
+        f"{experiment['dvc.exp_baseline_rev'][:12]}); the gate would {'promote' if decision.promote else 'refuse'} "
+        f"it (vs {decision.compared_to})")
+    for r in decision.reasons:
+        log(f"  {r}")
+    return {
+        "name": ev.name,
+        "version": None,
+        "decision": NOT_REGISTERED,
+        "promoted": False,
+        "registered": False,
+        "experiment": {"name": name, "baseline_rev": experiment["dvc.exp_baseline_rev"]},
+        "gate": {"decision": decision.label, "would_promote": decision.promote},
+        "compared_to": decision.compared_to,
+        "reasons": decision.reasons,
+        "champion": int(ev.champ_mv.version) if ev.champ_mv is not None else None,
+        "run_id": run.run_id,
+        "model_sha256": digest,
+        "serve_backend": ev.scores.backend,
+        "reference_sts": ({"backend": ref.backend, **ref.sts} if ref is not None else None),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # 4. Write
 
 
@@ -389,6 +458,7 @@ def _record(client, ev: Gathered, decision: Decision, version: int, run_id: str,
     return {
         "name": ev.name,
         "version": version,
+        "registered": True,
         "decision": decision.label,
         "promoted": decision.promote,
         "compared_to": decision.compared_to,

@@ -46,6 +46,9 @@ from simcse_ops.config import MlflowConfig
 from simcse_ops.files import model_hash
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+# What DVC sets for a stage run by `dvc exp run` (dvc.env): the experiment's name, the commit it
+# starts from, and the workspace (the stages of a queued experiment run in a copy of it).
+DVC_EXP_NAME_ENV, DVC_EXP_BASELINE_ENV, DVC_ROOT_ENV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"
 MODEL_TAG = "model_sha256"  # a run's tag: the hash of the model folder it produced (model_hash)
 
 T = TypeVar("T")
@@ -55,12 +58,22 @@ T = TypeVar("T")
 # Where runs go
 
 
+def store_root(root: Path | str) -> Path:
+    """The folder the embedded store's relative paths are taken from: `root` (params.yaml's
+    folder), except inside a DVC experiment, whose stages may run in a copy of the repository
+    under .dvc/tmp/exps/ (`dvc queue start`): there it is the workspace DVC names in $DVC_ROOT,
+    so that queued experiments are tracked in the project's own store, not in a throwaway copy."""
+    if dvc_experiment() and os.environ.get(DVC_ROOT_ENV):
+        return Path(os.environ[DVC_ROOT_ENV])
+    return Path(root)
+
+
 def resolve_tracking_uri(root: Path, cfg: MlflowConfig) -> str:
-    """`$MLFLOW_TRACKING_URI` if set, else `sqlite:///<root>/<cfg.store>`."""
+    """`$MLFLOW_TRACKING_URI` if set, else `sqlite:///<store_root>/<cfg.store>`."""
     env = os.environ.get(TRACKING_ENV)
     if env:
         return env
-    return f"sqlite:///{(Path(root) / cfg.store).resolve()}"
+    return f"sqlite:///{(store_root(root) / cfg.store).resolve()}"
 
 
 def is_embedded(uri: str) -> bool:
@@ -68,7 +81,7 @@ def is_embedded(uri: str) -> bool:
 
 
 def artifact_root(root: Path, cfg: MlflowConfig) -> str:
-    return (Path(root) / cfg.artifacts).resolve().as_uri()
+    return (store_root(root) / cfg.artifacts).resolve().as_uri()
 
 
 def configure(root: Path | str, cfg: MlflowConfig) -> str:
@@ -76,7 +89,7 @@ def configure(root: Path | str, cfg: MlflowConfig) -> str:
     embedded one. Called from `main()`, never at import. Returns the URI."""
     import mlflow  # lazy: see the module docstring
 
-    root = Path(root)
+    root = store_root(root)
     uri = resolve_tracking_uri(root, cfg)
     if uri == f"sqlite:///{(root / cfg.store).resolve()}":
         (root / cfg.store).parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +111,7 @@ def get_experiment_id(client, root: Path, cfg: MlflowConfig) -> str:
     # The embedded store keeps artifacts under mlflow/artifacts; any store named by
     # $MLFLOW_TRACKING_URI (a server, another database) uses its own artifact root.
     # (mlflow.set_tracking_uri exports the variable, so compare URIs instead of reading it).
-    embedded = client.tracking_uri == f"sqlite:///{(Path(root) / cfg.store).resolve()}"
+    embedded = client.tracking_uri == f"sqlite:///{(store_root(root) / cfg.store).resolve()}"
     location = artifact_root(root, cfg) if embedded else None
     try:
         return retry(
@@ -187,16 +200,54 @@ def first_line(e: BaseException) -> str:
 # Lineage and system info
 
 
-def git_info(root: Path) -> dict[str, str]:
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
+def dvc_experiment() -> dict[str, str]:
+    """Inside `dvc exp run` (DVC sets $DVC_EXP_NAME and $DVC_EXP_BASELINE_REV for each stage):
+    {"dvc.exp_name": ..., "dvc.exp_baseline_rev": ...}, the tags every run of it carries; else {}."""
+    name, base = os.environ.get(DVC_EXP_NAME_ENV), os.environ.get(DVC_EXP_BASELINE_ENV)
+    if not (name or base):
+        return {}
+    return {"dvc.exp_name": name or "unnamed", "dvc.exp_baseline_rev": base or "unknown"}
 
-    commit = git("rev-parse", "HEAD")
+
+def _git(root: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def pipeline_outputs(root: Path) -> list[str]:
+    """The paths dvc.lock records as stage outputs (metrics, models, ...), relative to `root`."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return []
+    doc = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    return sorted({o["path"] for body in (doc.get("stages") or {}).values() for o in body.get("outs") or []
+                   if o.get("path")})
+
+
+def uncommitted_inputs(root: Path) -> list[str]:
+    """Files git tracks that differ from HEAD, other than what the pipeline itself writes
+    (dvc.lock and the stage outputs it records): the code, params.yaml, dvc.yaml or .dvc files a
+    model was made from but that no commit holds. Empty outside a git checkout."""
+    out = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-z", "--untracked-files=no",
+                          "--no-renames"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    outs = pipeline_outputs(root)
+
+    def written(path: str) -> bool:
+        return path == "dvc.lock" or any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs)
+
+    paths = [entry[3:] for entry in out.stdout.split("\0") if len(entry) > 3]  # "XY path"
+    return sorted(p for p in paths if not written(p))
+
+
+def git_info(root: Path) -> dict[str, str]:
+    """`git.commit`, and `git.dirty`: whether an input of the pipeline (`uncommitted_inputs`, so
+    not dvc.lock nor a stage output) differs from that commit."""
+    commit = _git(root, "rev-parse", "HEAD")
     if not commit:
         return {"git.commit": "unknown (not a git checkout)"}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+    return {"git.commit": commit, "git.dirty": str(bool(uncommitted_inputs(root))).lower()}
 
 
 def _tag_key(path: str) -> str:
@@ -267,7 +318,7 @@ def system_info() -> dict[str, str]:
 
 def lineage_tags(root: Path, variant: str) -> dict[str, str]:
     """Tags that tie a run or a model version to its code, data and machine."""
-    tags = {"variant": variant, **git_info(root)}
+    tags = {"variant": variant, **git_info(root), **dvc_experiment()}
     hashes = dvc_data_hashes(root, variant)
     if hashes:
         tags.update({f"dvc.{k}": v for k, v in hashes.items()})
