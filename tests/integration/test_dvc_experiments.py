@@ -157,7 +157,12 @@ def test_an_experiment_registers_nothing(project):
         assert runs[0].data.tags["dvc.exp_baseline_rev"] == baseline
         assert runs[0].data.tags["gate.decision"] == reg["gate"]["decision"]
         assert "sts.avg" in runs[0].data.metrics
-    # the workspace is back where it was; the experiment lives in its ref
+    # `dvc exp run` is `dvc repro` + `dvc exp save`: the experiment's results stay in the workspace
+    # (params.yaml, dvc.lock, metrics, the report) until the user goes back to the commit
+    assert "serve" in _dvc(project, "params", "diff")
+    _git(project, "checkout", "--", ".")
+    _dvc(project, "checkout")
+    assert _stale(project) == set(), _dvc(project, "status")
     _dvc(project, "exp", "remove", "bigger-batches")
 
 
@@ -175,7 +180,7 @@ def test_a_dirty_workspace_registers_but_never_promotes(project):
     if reg["decision"] == "held":
         assert any(r.startswith("held: ") and "params.yaml" in r for r in reg["reasons"]), reg["reasons"]
     _git(project, "checkout", "--", ".")  # back to the committed state: its dvc.lock, params.yaml, metrics
-    assert _stale(project) == set()
+    assert _stale(project) == set(), _dvc(project, "status") + _git(project, "status", "--short")
 
 
 def test_a_queued_sweep_runs_and_is_listed(project):
