@@ -340,6 +340,39 @@ def test_train_selects_the_best_step_of_any_dev_scorer(tmp_path, tiny_model_dir)
     assert best is not None
 
 
+def test_a_finished_run_resumes_only_with_the_same_start_weights_and_dev_set(tmp_path, tiny_model_dir):
+    """A rerun of a finished run (DVC reruns train@V when a dep changes) resumes its last
+    checkpoint, and trains nothing, only when nothing that changes the numbers changed: a new start
+    model (`base_model: models/unsup-wiki` retrained) or a new dev split starts over."""
+    import torch
+
+    from simcse_ops.config import VariantConfig
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
+    cfg = VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=4, eval_steps=2,
+                        checkpoint_steps=2)
+
+    def run(dev_fp: str, nudge: float = 0.0):
+        torch.manual_seed(0)
+        encoder = SimCSEEncoder.from_pretrained(str(tiny_model_dir))
+        with torch.no_grad():
+            next(encoder.parameters()).add_(nudge)
+        scorer = DevScorer("toy_dev", lambda embed: 1.0, fingerprint=dev_fp)
+        result, _ = train(cfg, data, encoder, tok, ckpt_dir=tmp_path / "ckpt", dev=DevConfig(scorer),
+                          progress=False)
+        return result
+
+    assert run("dev-a").resumed_from_step is None
+    assert run("dev-a").resumed_from_step == 4  # the same run: the finished checkpoint, no step trained
+    assert run("dev-b").resumed_from_step is None  # the dev split changed
+    assert run("dev-b").resumed_from_step == 4
+    started_over = run("dev-b", nudge=1e-3)  # the start model changed
+    assert started_over.resumed_from_step is None and started_over.steps == 4
+
+
 def test_a_multi_task_scorer_gets_the_start_model_as_its_reference(tmp_path, tiny_model_dir):
     """Step 0's figures become the scorer's reference (what the selection rule's guards compare
     with); every task's figure is a column of the dev curve; a resumed run gets the reference back

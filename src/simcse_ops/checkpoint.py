@@ -10,7 +10,8 @@ exactly.
 On disk, in a run's checkpoint folder (every file written atomically):
 - `checkpoint-<step:08d>.pt`: a `Checkpoint` as a `torch.save`d dict, one key per field; only the
   latest is kept. It resumes a run only if its `format` is `CHECKPOINT_FORMAT` and its
-  `fingerprint` is the run's `run_fingerprint` (every setting that changes the numbers);
+  `fingerprint` is the run's `run_fingerprint` (every setting that changes the numbers, the
+  training data, the start weights and the dev sets);
 - `best.pt`: {step, score, model}, the weights of the best dev step so far (`save_best`).
 """
 
@@ -66,8 +67,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_fingerprint(cfg: VariantConfig, data_fp: str, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: every setting that changes the numbers."""
+def run_fingerprint(cfg: VariantConfig, data_fp: str, world_size: int, *, start: str = "", dev: str = "") -> str:
+    """What a checkpoint must match to be resumed: every setting that changes the numbers, the
+    training data (`data_fp`), and, when given, the start weights (`start`, `state_fingerprint` of
+    the model before step 1: `base_model: models/unsup-wiki` names a folder whose weights change
+    when unsup-wiki retrains) and the dev sets that pick the best step (`dev`,
+    `DevScorer.fingerprint`). A run whose start model or dev split changed starts over instead of
+    resuming the old run's finished checkpoint."""
     d = asdict(cfg)
     for k in ("description", "checkpoint_steps"):
         d.pop(k, None)
@@ -76,7 +82,18 @@ def run_fingerprint(cfg: VariantConfig, data_fp: str, world_size: int) -> str:
         if k in d and d[k] == defaults[k]:
             del d[k]
     d.update(data=data_fp, world_size=world_size)
+    d.update({k: v for k, v in (("start", start), ("dev", dev)) if v})
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes (exact, any dtype)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------

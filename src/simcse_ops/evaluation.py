@@ -6,6 +6,7 @@ selects its best step on."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,8 +258,10 @@ def dev_scorer_for(params: Params, variant: str, eval_data_dir: Path | str) -> D
         parts[stsb.metric] = stsb.score(embed)
         return selection_score(parts, v.primary, reference, tolerance, sel.penalty)
 
+    fp = json.dumps([stsb.fingerprint, {t: d.fingerprint() for t, d in tasks.items()}, tolerance, sel.penalty,
+                     cfg.long_documents], sort_keys=True)
     return DevScorer(metric=f"select_{v.primary}_{cfg.domain_tasks[v.primary].dev_split}", score=score,
-                     parts=parts, reference=reference)
+                     parts=parts, reference=reference, fingerprint=hashlib.sha256(fp.encode()).hexdigest()[:16])
 
 
 def selection_score(parts: dict[str, float], primary: str, reference: dict[str, float],

@@ -19,6 +19,7 @@ Each distinct sentence is embedded once, whichever tasks and sides it appears in
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +111,7 @@ class DevScorer:
     score: Callable[[EmbedFn], float]
     parts: dict[str, float] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)
+    fingerprint: str = ""  # sha256 of the dev data and the selection rule: part of the run's fingerprint
 
 
 def sts_dev_scorer(path: Path | str, split: str | None) -> DevScorer:
@@ -131,7 +133,8 @@ def sts_dev_scorer(path: Path | str, split: str | None) -> DevScorer:
     s2 = [t["sentence2"][i] for i in keep]
     gold = [t["score"][i] for i in keep]
     metric = f"{path.stem}_{split}_spearman" if split is not None else f"{path.stem}_spearman"
-    return DevScorer(metric, lambda embed: sts_spearman(embed, s1, s2, gold))
+    fp = hashlib.sha256(json.dumps([metric, s1, s2, gold]).encode()).hexdigest()[:16]
+    return DevScorer(metric, lambda embed: sts_spearman(embed, s1, s2, gold), fingerprint=fp)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from simcse_ops.checkpoint import (
     run_fingerprint,
     save_best,
     seed_everything,
+    state_fingerprint,
 )
 from simcse_ops.config import ConfigError, VariantConfig
 from simcse_ops.distributed import (
@@ -395,7 +396,8 @@ def train(
     warmup = int(round(cfg.warmup_ratio * total))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_cols = data.rows_per_example
-    fp = run_fingerprint(cfg, data.fingerprint(), ctx.world_size)
+    fp = run_fingerprint(cfg, data.fingerprint(), ctx.world_size, start=state_fingerprint(encoder.state_dict()),
+                         dev=dev.scorer.fingerprint if dev is not None else "")
 
     encoder.to(device).train()
     previous_attention = configure_dropout(encoder, cfg, device)
