@@ -517,10 +517,6 @@ class Params:
 # Strict builder
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _coerce(value: Any, tp: Any, where: str, file: Path) -> Any:
     origin = get_origin(tp)
     if tp is Any:

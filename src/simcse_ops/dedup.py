@@ -80,9 +80,6 @@ REASONS = (CONTAMINATION_EXACT, CONTAMINATION_NEAR, EXACT_DUPLICATE, NEAR_DUPLIC
 # them "near duplicates" of one another.
 PER_SIDE_NEAR_KINDS = ("text_pairs",)
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
 # --------------------------------------------------------------------------------------------
 # Normalisation and tokens
 
@@ -138,15 +135,6 @@ def normalize_many(texts: Sequence[str | None]) -> list[str | None]:
 
 # --------------------------------------------------------------------------------------------
 # Hashing helpers (uint64 arithmetic wraps modulo 2^64, which is what these hashes want)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser: a bijective 64-bit mixer (Steele et al. 2014)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 # Odd multipliers for the positions of an n-gram (position 0 uses the token hash as it is).
@@ -276,16 +264,6 @@ class ShingleSets:
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         gather = np.repeat(starts - offsets[:-1], sizes) + np.arange(offsets[-1], dtype=np.int64)
         return ShingleSets(self.hashes[gather], offsets)
-
-
-def concat_sets(parts: Sequence[ShingleSets]) -> ShingleSets:
-    hashes = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
-    offs = [np.zeros(1, np.int64)]
-    base = 0
-    for p in parts:
-        offs.append(p.offsets[1:] + base)
-        base += p.offsets[-1]
-    return ShingleSets(hashes, np.concatenate(offs))
 
 
 # --------------------------------------------------------------------------------------------

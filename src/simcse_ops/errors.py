@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -121,13 +121,6 @@ def run_main(
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return EXIT_OK
-
-
-def cli_entry(
-    main: Callable[..., Any], argv: Sequence[str] | None = None, *, prog: str | None = None
-) -> NoReturn:
-    """`raise SystemExit(run_main(main, argv))`: the body of a stage's `if __name__ == "__main__":`."""
-    raise SystemExit(run_main(main, argv, prog=prog))
 
 
 def _report(prog: str, text: str) -> None:

@@ -28,7 +28,6 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -42,7 +41,6 @@ from simcse_ops.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-Pooler = Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"]
 POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
 _LAYER_POOLERS = ("avg_first_last", "avg_top2")
 

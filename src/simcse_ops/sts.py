@@ -33,8 +33,6 @@ from simcse_ops.errors import DataError
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
-TASK_ORDER = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
-
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of (N, D) x (N, D) -> (N,). A zero vector has cosine 0 with anything."""

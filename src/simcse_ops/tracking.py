@@ -76,10 +76,6 @@ def resolve_tracking_uri(root: Path, cfg: MlflowConfig) -> str:
     return f"sqlite:///{(store_root(root) / cfg.store).resolve()}"
 
 
-def is_embedded(uri: str) -> bool:
-    return uri.startswith("sqlite:")
-
-
 def artifact_root(root: Path, cfg: MlflowConfig) -> str:
     return (store_root(root) / cfg.artifacts).resolve().as_uri()
 
