@@ -39,14 +39,15 @@ from prefect.tasks import exponential_backoff
 
 from simcse_ops.config import ConfigError, FlowsConfig, Params, load_params
 from simcse_ops.dvc_runner import (
-    DvcError,
     default_remote,
     load_stage_files,
+    require_dvc_repo,
     run_dvc,
     stage_graph,
     stage_output,
     workspace_lock,
 )
+from simcse_ops.errors import run_main
 from simcse_ops.report import PAGE as REPORT_PAGE
 from simcse_ops.tracking import log_dvc_lock
 
@@ -408,13 +409,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", help="a variant to run (repeatable); default: all")
     ap.add_argument("--workspace", default=".")
     args = ap.parse_args(argv)
-    try:
-        statuses = pipeline(variants=args.variant, workspace=args.workspace)
-    except (DvcError, ConfigError) as e:
-        raise SystemExit(str(e)) from e
+    # Fail before Prefect starts (seconds for a temporary server, and a traceback in its log):
+    # a folder that is not the project, a bad params.yaml, an unknown variant.
+    params = load_params(require_dvc_repo(args.workspace) / "params.yaml")
+    for v in args.variant or []:
+        params.variant(v)
+    statuses = pipeline(variants=args.variant, workspace=args.workspace)
     for target, status in statuses.items():
         print(f"{target}: {status}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # a user error (a failed stage: DvcError) is one line, errors.py

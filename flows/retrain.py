@@ -35,7 +35,8 @@ from flows.pipeline import (
     run_stages,
 )
 from simcse_ops.config import ConfigError, Params, load_params
-from simcse_ops.dvc_runner import DvcError, stage_graph
+from simcse_ops.dvc_runner import require_dvc_repo, stage_graph
+from simcse_ops.errors import run_main
 from simcse_ops.readers import FORMATS, expand_paths
 
 
@@ -130,12 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("domain")
     ap.add_argument("--workspace", default=".")
     args = ap.parse_args(argv)
-    try:
-        report = retrain_domain(domain=args.domain, workspace=args.workspace)
-    except (DvcError, ConfigError) as e:
-        raise SystemExit(str(e)) from e
+    # Fail before Prefect starts (seconds for a temporary server, and a traceback in its log).
+    check_domain(load_params(require_dvc_repo(args.workspace) / "params.yaml"), args.domain)
+    report = retrain_domain(domain=args.domain, workspace=args.workspace)
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # a user error (a failed stage: DvcError) is one line, errors.py

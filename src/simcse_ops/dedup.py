@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from simcse_ops.config import MAX_NGRAM, ConfigError, DedupConfig, Params
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.files import atomic_path, write_json
 from simcse_ops.progress import Progress
 from simcse_ops.readers import FORMATS
@@ -934,7 +934,7 @@ def _read_ingested(params: Params, data_dir: Path, name: str) -> tuple[str, pa.T
     """(kind, table) of source `name` in `data_dir`."""
     path = data_dir / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+        raise MissingInputError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
     return FORMATS[params.sources[name].format].kind, pq.read_table(path)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simcse_ops.errors import ConfigError
+from simcse_ops.errors import EXIT_REFUSED, ConfigError, MissingInputError, UserError
 from simcse_ops.run_name import RUN_NAME_ENV
 
 LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
@@ -42,8 +42,11 @@ LOCK_FILE = Path(".dvc") / "tmp" / "simcse-flows.lock"
 DVC_FILE = "dvc.yaml"
 
 
-class DvcError(RuntimeError):
-    """A `dvc` command exited non-zero. The message ends with the tail of its stderr."""
+class DvcError(UserError, RuntimeError):
+    """A `dvc` command exited non-zero. The message ends with the tail of its stderr, where the
+    failed stage says what went wrong; a flow's `main` exits 1 with it (errors.py)."""
+
+    exit_status = EXIT_REFUSED
 
     def __init__(self, args: Sequence[str], returncode: int, workspace: Path, stderr_tail: list[str]):
         self.args_ = list(args)
@@ -86,6 +89,15 @@ def _pump(stream, name: str, sink: collections.deque, keep: list[str], handler: 
     stream.close()
 
 
+def require_dvc_repo(workspace: Path | str) -> Path:
+    """`workspace`, resolved; a `MissingInputError` when it is not a DVC repository."""
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir():
+        raise MissingInputError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init` "
+                                f"or pass the project's folder")
+    return workspace
+
+
 def run_dvc(
     args: Sequence[str],
     workspace: Path | str,
@@ -100,11 +112,9 @@ def run_dvc(
     (`run_name.current_run_name`: the validate stage names its GX run after it).
 
     Raises `DvcError` (with the last `tail_lines` lines of stderr) when DVC exits non-zero, and
-    `FileNotFoundError` when `workspace` is not a DVC repository.
+    `MissingInputError` when `workspace` is not a DVC repository.
     """
-    workspace = Path(workspace).resolve()
-    if not (workspace / ".dvc").is_dir():
-        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    workspace = require_dvc_repo(workspace)
     full_env = {**_QUIET_PROGRESS, **os.environ, **(env or {})}
     if run_name:
         full_env[RUN_NAME_ENV] = run_name
@@ -308,16 +318,14 @@ def load_stage_files(
 
     Generated stages are named as DVC names them (`register@biomed`). An unknown target is a
     `ConfigError` naming dvc.yaml and the stages it defines; a workspace without `.dvc` is a
-    `FileNotFoundError`, as for `run_dvc`.
+    `MissingInputError`, as for `run_dvc`.
     """
     # DVC's API is heavy to import (~0.3 s and many modules): only the callers that need it pay.
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    workspace = Path(workspace).resolve()
-    if not (workspace / ".dvc").is_dir():
-        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    workspace = require_dvc_repo(workspace)
     dvcfile = workspace / DVC_FILE
 
     def rel(entry) -> str:
