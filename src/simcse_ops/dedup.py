@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simcse_ops.config import MAX_NGRAM, ConfigError, DedupConfig, Params
+from simcse_ops.config import EVAL_ROLES, MAX_NGRAM, ConfigError, DedupConfig, Params
 from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.files import atomic_path, write_json
 from simcse_ops.progress import Progress
@@ -914,9 +914,10 @@ def deduplicate(
 
 def plan_sources(params: Params, cfg: DedupConfig) -> tuple[list[str], list[str]]:
     """(training sources to clean, evaluation sources to decontaminate against), in
-    params.yaml order."""
+    params.yaml order: the evaluation sources are every source with an evaluation role
+    (config.EVAL_ROLES: eval-sts, eval-domain), then `dedup.extra_eval_sources`."""
     train = [n for n, s in params.sources.items() if s.role in cfg.roles]
-    evals = [n for n, s in params.sources.items() if s.role in cfg.eval_roles]
+    evals = list(params.sources_with_role(*EVAL_ROLES))
     for n in cfg.extra_eval_sources:
         if n not in params.sources:
             raise ConfigError(f"{params.path}: dedup.extra_eval_sources: no source {n!r} in sources")

@@ -36,12 +36,12 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Weighted
 from torch import Tensor, nn
 from transformers import AutoModel
 
+from simcse_ops.config import POOLERS
 from simcse_ops.encoder import load_sentence_transformer, resolve_model
 from simcse_ops.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
 _LAYER_POOLERS = ("avg_first_last", "avg_top2")
 
 
