@@ -10,7 +10,9 @@ task log, and publishes what a person wants to see afterwards as Prefect artifac
 seven STS tasks per variant (`sts.json` of `evaluate@V`), the registry decision (`registry.json`
 of `register@V`) with a link to its MLflow run, and a link to the run report (`reports/run/index.html`
 of the `report` stage, which runs last when dvc.yaml defines it). Those files are found where
-dvc.yaml declares them (`simcse_ops.dvc_runner.stage_output`); no path is built here.
+dvc.yaml declares them (`simcse_ops.dvc_runner.stage_output`); no path is built here. The plan is
+`simcse_ops.dvc_runner.plan_stages`, the artifacts' contents `simcse_ops.flow_artifacts`: this
+file holds the order, the Prefect tasks, their retries and the parameters.
 
 Only one flow at a time operates on a workspace (`simcse_ops.dvc_runner.workspace_lock`); the
 Prefect work pool's concurrency limit keeps queued runs from even starting (see flows/prefect.yaml).
@@ -24,12 +26,9 @@ Run it once, without a server:  python -m flows.pipeline [--variant biomed ...]
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -37,82 +36,27 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from simcse_ops.config import ConfigError, FlowsConfig, Params, load_params
+from simcse_ops.config import FlowsConfig, Params, load_params
 from simcse_ops.dvc_runner import (
-    DvcError,
     default_remote,
     load_stage_files,
+    plan_stages,
+    require_dvc_repo,
     run_dvc,
     stage_graph,
-    stage_output,
     workspace_lock,
 )
-from simcse_ops.report import PAGE as REPORT_PAGE
+from simcse_ops.errors import run_main
+from simcse_ops.flow_artifacts import (
+    artifact_key,
+    domain_rows,
+    read_optional_json,
+    registry_file,
+    registry_markdown,
+    report_page,
+    sts_rows,
+)
 from simcse_ops.tracking import log_dvc_lock
-
-# Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
-SHARED_STAGES = ("ingest", "dedup", "validate")
-VARIANT_STAGES = ("train", "export", "evaluate", "bias", "register")
-REPORT_STAGE = "report"  # the run report, over every variant's metrics: last, when dvc.yaml has it
-
-
-def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
-                variant_order: Sequence[str] | None = None) -> list[str]:
-    """The stage targets to run, in order, for `variants`.
-
-    `graph` is DVC's DAG ({stage: its direct upstream stages}, `stage_graph`). The targets are the
-    shared stages and each variant's chain (the per-variant stages `dvc.yaml` defines for it);
-    every stage upstream of a target is added (`register@biomed` needs `evaluate@base`), as
-    `dvc repro` would. The order is topological; among stages that are ready together the shared
-    stages come first, then variant by variant (in `variant_order`, params.yaml's order), each in
-    train, export, evaluate, bias, register order. The `report` stage, when the graph has it,
-    comes last, without its upstream stages: it reports every variant's metrics as they are.
-    """
-    missing = [s for s in SHARED_STAGES if s not in graph]
-    if missing:
-        raise ConfigError(
-            f"dvc.yaml: no stage(s) {', '.join(missing)}; the pipeline runs {', '.join(SHARED_STAGES)} "
-            f"first (stages found: {', '.join(sorted(graph)) or 'none'})"
-        )
-    targets = list(SHARED_STAGES)
-    for v in variants:
-        chain = [f"{s}@{v}" for s in VARIANT_STAGES if f"{s}@{v}" in graph]
-        if not chain:
-            raise ConfigError(
-                f"dvc.yaml: no stage for variant {v!r} (expected {VARIANT_STAGES[0]}@{v}, ...); "
-                "is it in params.yaml `variants`?"
-            )
-        targets.extend(chain)
-
-    needed: set[str] = set()
-    todo = list(targets)
-    while todo:
-        stage = todo.pop()
-        if stage not in needed:
-            needed.add(stage)
-            todo.extend(graph.get(stage, ()))
-
-    order = list(variant_order or []) + [v for v in variants if v not in (variant_order or [])]
-
-    def rank(stage: str) -> tuple:
-        kind, _, variant = stage.partition("@")
-        if not variant:
-            return (0, SHARED_STAGES.index(kind) if kind in SHARED_STAGES else len(SHARED_STAGES), stage)
-        v_rank = order.index(variant) if variant in order else len(order)
-        k_rank = VARIANT_STAGES.index(kind) if kind in VARIANT_STAGES else len(VARIANT_STAGES)
-        return (1, v_rank, k_rank, stage)
-
-    plan: list[str] = []
-    done: set[str] = set()
-    while len(plan) < len(needed):
-        ready = [s for s in needed - done if graph.get(s, set()) & needed <= done]
-        if not ready:
-            raise ConfigError(f"dvc.yaml: a cycle among {', '.join(sorted(needed - done))}")
-        nxt = min(ready, key=rank)
-        plan.append(nxt)
-        done.add(nxt)
-    return plan + ([REPORT_STAGE] if REPORT_STAGE in graph and REPORT_STAGE not in plan else [])
-
 
 @task(name="dvc-repro", task_run_name="{target}", cache_policy=NO_CACHE, log_prints=False)
 def repro_stage(workspace: str, target: str, stderr_tail_lines: int = 40, pull: bool = False) -> str:
@@ -188,7 +132,7 @@ def keep_dvc_locks(workspace: Path, params: Params, statuses: Mapping[str, str])
         kind, _, variant = target.partition("@")
         if kind != "register" or status != "ran":
             continue
-        decision = read_json(registry_file(workspace, variant)) or {}
+        decision = read_optional_json(registry_file(workspace, variant)) or {}
         if decision.get("run_id"):
             where = log_dvc_lock(workspace, decision["run_id"], params.mlflow)
             logger.info("%s: dvc.lock kept as artifact %s of run %s (version %s)", variant, where,
@@ -210,116 +154,6 @@ def hold_workspace(workspace: Path, cfg: FlowsConfig):
 
 # --------------------------------------------------------------------------------------------
 # Artifacts
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    key = "-".join(parts).lower()
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", key)).strip("-")
-
-
-def sts_rows(paths: Mapping[str, Path], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per variant whose `sts.json` ({variant: its path}) exists: the task figures and
-    their average."""
-    rows = []
-    for v, path in paths.items():
-        if not path.is_file():
-            continue
-        scores = json.loads(path.read_text(encoding="utf-8"))
-        missing = [t for t in [*tasks, "avg"] if t not in scores]
-        if missing:
-            raise ValueError(f"{path}: no figure for {', '.join(missing)}; expected {', '.join(tasks)}, avg")
-        rows.append({"variant": v, **{t: scores[t] for t in [*tasks, "avg"]}})
-    return rows
-
-
-def mlflow_run_url(ui: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    if not run_id:
-        return None
-    base = ui.rstrip("/")
-    if experiment_id:
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{base}/#/runs/{run_id}"
-
-
-def registry_markdown(variant: str, decision: dict[str, Any], ui: str) -> str:
-    """The registry decision (`registry.json`, written by `register@V`) as markdown, with
-    a link to the MLflow run that holds the model, its card and its scores."""
-    name = decision.get("name") or f"simcse-{variant}"
-    version = decision.get("version")
-    verdict = "promoted to champion" if decision.get("promoted") else "not promoted"
-    lines = [f"# {name} version {version}: {decision.get('decision', '?')} ({verdict})", ""]
-    if decision.get("compared_to"):
-        lines.append(f"- compared to: {decision['compared_to']}")
-    if decision.get("champion") is not None:
-        lines.append(f"- champion now: version {decision['champion']}")
-    reasons = decision.get("reasons") or []
-    if reasons:
-        lines.append("- reasons:")
-        lines.extend(f"  - {r}" for r in reasons)
-    url = mlflow_run_url(ui, decision.get("experiment_id"), decision.get("run_id"))
-    if url:
-        lines.append(f"- MLflow run: [{decision['run_id']}]({url})")
-    lines.append(f"- model: `models:/{name}/{version}` (aliases `challenger`"
-                 f"{', `champion`' if decision.get('promoted') else ''})")
-    return "\n".join(lines) + "\n"
-
-
-def domain_rows(path: Path, variant: str, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per domain task of `variant` in its `domain.json` (`path`): BM25, base, champion (as
-    the gate saw it) and the challenger, each "value [low, high]"; [] for a variant without domain
-    tasks (or not evaluated yet)."""
-    if not path.is_file():
-        return []
-    summary = json.loads(path.read_text(encoding="utf-8"))
-    gated = (decision or {}).get("domain") or {}
-    rows = []
-    for name, t in summary.get("tasks", {}).items():  # not `task`: that is Prefect's decorator
-        m = t["metric"]
-
-        def cell(model: str) -> str | None:
-            r = t["results"].get(model)
-            return None if r is None else f"{r['metrics'][m]:.2f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]"
-
-        champ = (gated.get(name) or {}).get("champion")
-        refs = [r for r in summary.get("references") or [] if r != "base"]  # general references
-        rows.append({"task": name + (" (primary)" if name == summary.get("primary") else ""), "metric": m,
-                     "n": t["n"], "bm25": cell("bm25"), "base": cell("base"), **{r: cell(r) for r in refs},
-                     "champion": None if champ is None else f"{champ:.2f}", "challenger": cell(variant)})
-    references = (decision or {}).get("references") or {}
-    if rows and references:  # general STS beside every reference (the forgetting guard)
-        row = {k: None for k in rows[0]}
-        row.update({"task": "general STS, 7-task avg", "metric": "spearman",
-                    **{r: f"{x['sts_avg']:.2f}" for r, x in references.items() if r in row}})
-        own = read_json(path.parent / "sts.json")  # evaluate@V writes it beside domain.json
-        row["challenger"] = None if own is None else f"{own['avg']:.2f}"
-        rows.append(row)
-    return rows
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON file at `path`; None when it does not exist (its stage has not run)."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def registry_file(workspace: Path, variant: str) -> Path:
-    """`registry.json` as dvc.yaml declares it for `register@<variant>`."""
-    return stage_output(workspace, f"register@{variant}", "registry.json")
-
-
-def report_page(workspace: Path) -> Path | None:
-    """The run report's page inside the folder the `report` stage declares as its output; None
-    when dvc.yaml has no such stage."""
-    files = load_stage_files(workspace)
-    if REPORT_STAGE not in files:
-        return None
-    outs = files[REPORT_STAGE].outs
-    if len(outs) != 1:
-        raise ConfigError(f"{workspace / 'dvc.yaml'}: stage {REPORT_STAGE!r} declares {len(outs)} outs "
-                          f"({', '.join(outs) or 'none'}); expected its one report folder")
-    return workspace / outs[0] / REPORT_PAGE
 
 
 def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], cfg: FlowsConfig,
@@ -350,7 +184,7 @@ def publish_artifacts(workspace: Path, params: Params, variants: Sequence[str], 
     for v in variants:
         registry = files[f"register@{v}"].output("registry.json")
         domain = files[f"evaluate@{v}"].output("domain.json")
-        decision = read_json(registry)
+        decision = read_optional_json(registry)
         table = domain_rows(domain, v, decision)
         if table:
             create_table_artifact(
@@ -408,13 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", action="append", help="a variant to run (repeatable); default: all")
     ap.add_argument("--workspace", default=".")
     args = ap.parse_args(argv)
-    try:
-        statuses = pipeline(variants=args.variant, workspace=args.workspace)
-    except (DvcError, ConfigError) as e:
-        raise SystemExit(str(e)) from e
+    # Fail before Prefect starts (seconds for a temporary server, and a traceback in its log):
+    # a folder that is not the project, a bad params.yaml, an unknown variant.
+    params = load_params(require_dvc_repo(args.workspace) / "params.yaml")
+    for v in args.variant or []:
+        params.variant(v)
+    statuses = pipeline(variants=args.variant, workspace=args.workspace)
     for target, status in statuses.items():
         print(f"{target}: {status}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # a user error (a failed stage: DvcError) is one line, errors.py

@@ -25,17 +25,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import (
-    hold_workspace,
-    keep_dvc_locks,
-    plan_stages,
-    publish_artifacts,
-    read_json,
-    registry_file,
-    run_stages,
-)
+from flows.pipeline import hold_workspace, keep_dvc_locks, publish_artifacts, run_stages
 from simcse_ops.config import ConfigError, Params, load_params
-from simcse_ops.dvc_runner import DvcError, stage_graph
+from simcse_ops.dvc_runner import plan_stages, require_dvc_repo, stage_graph
+from simcse_ops.errors import run_main
+from simcse_ops.flow_artifacts import read_optional_json, registry_file
 from simcse_ops.readers import FORMATS, expand_paths
 
 
@@ -101,11 +95,11 @@ def retrain_domain(domain: str, workspace: str = ".") -> dict[str, Any]:
     registry = registry_file(ws, domain)  # where dvc.yaml puts register@<domain>'s decision
 
     with hold_workspace(ws, cfg):
-        before = read_json(registry)
+        before = read_optional_json(registry)
         plan = plan_stages(stage_graph(ws, params), [domain], list(params.variants))
         logger.info("stages: %s", " -> ".join(plan))
         statuses = run_stages(ws, plan, cfg)
-        after = read_json(registry)
+        after = read_optional_json(registry)
         keep_dvc_locks(ws, params, statuses)
 
     report = {"domain": domain, **champion_report(before, after), "stages": statuses}
@@ -130,12 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("domain")
     ap.add_argument("--workspace", default=".")
     args = ap.parse_args(argv)
-    try:
-        report = retrain_domain(domain=args.domain, workspace=args.workspace)
-    except (DvcError, ConfigError) as e:
-        raise SystemExit(str(e)) from e
+    # Fail before Prefect starts (seconds for a temporary server, and a traceback in its log).
+    check_domain(load_params(require_dvc_repo(args.workspace) / "params.yaml"), args.domain)
+    report = retrain_domain(domain=args.domain, workspace=args.workspace)
     print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # a user error (a failed stage: DvcError) is one line, errors.py

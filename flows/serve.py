@@ -21,6 +21,8 @@ from prefect import serve
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
 
+from simcse_ops.errors import ConfigError, run_main
+
 PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
 
 
@@ -44,7 +46,7 @@ def read_deployments(path: Path | str = PREFECT_FILE) -> list[DeploymentSpec]:
     for i, d in enumerate(raw.get("deployments") or []):
         for key in ("name", "entrypoint"):
             if not d.get(key):
-                raise ValueError(f"{path}: deployments[{i}]: missing {key!r}")
+                raise ConfigError(f"{path}: deployments[{i}]: missing {key!r}")
         specs.append(
             DeploymentSpec(
                 name=d["name"],
@@ -64,7 +66,7 @@ def to_schedules(spec: DeploymentSpec, path: Path | str = PREFECT_FILE) -> list:
     for s in spec.schedules:
         unknown = set(s) - {"cron", "timezone", "active", "day_or"}
         if "cron" not in s or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: deployment {spec.name!r}: schedules must be cron schedules with cron, "
                 f"timezone, active (found keys {sorted(s)})"
             )
@@ -105,4 +107,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))  # a bad prefect.yaml: one line, exit 2 (errors.py)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from simcse_ops.backend_eval import evaluate_backends
 from simcse_ops.config import load_params
-from simcse_ops.errors import run_main
+from simcse_ops.errors import MissingInputError, run_main
 from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
 from simcse_ops.files import atomic_path, write_json
 from simcse_ops.progress import configure_logging
@@ -48,7 +48,7 @@ def run_domain(params, variant: str, model: str, baseline: str | None, baseline_
                     continue
                 folder = (reference_models or Path(baseline_model).parent) / ref
                 if not (folder / "config.json").is_file():
-                    raise FileNotFoundError(f"{folder}: the reference {ref!r} of {variant} has no model; "
+                    raise MissingInputError(f"{folder}: the reference {ref!r} of {variant} has no model; "
                                             f"run `dvc repro train@{ref}` first")
                 models[ref] = str(folder)
         summary, items = evaluate_domain(params, variant, models, data)
@@ -112,4 +112,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback
+    raise SystemExit(run_main(main))  # a user error: one line, its exit status (errors.py)

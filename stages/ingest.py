@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback
+    raise SystemExit(run_main(main))  # a user error: one line, its exit status (errors.py)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from simcse_ops import tracking
 from simcse_ops.config import load_params
-from simcse_ops.errors import RegistryError, run_main
+from simcse_ops.errors import run_main
 from simcse_ops.files import write_json
 from simcse_ops.registration import register_variant
 
@@ -39,16 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.params).resolve().parent
     uri = tracking.configure(root, params.mlflow)
     print(f"register@{args.variant}: MLflow store {uri}")
-    try:
-        result = register_variant(
-            args.variant, args.model, args.metrics, params, root, base_metrics_dir=args.base_metrics,
-            data_dir=args.data, export_dir=args.exports,
-        )
-    except (RegistryError, tracking.TrackingUnavailable) as e:
-        print(f"register@{args.variant}: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    result = register_variant(
+        args.variant, args.model, args.metrics, params, root, base_metrics_dir=args.base_metrics,
+        data_dir=args.data, export_dir=args.exports,
+    )
     write_json(args.out, result)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback
+    raise SystemExit(run_main(main))  # a user error: one line, its exit status (errors.py)

@@ -93,4 +93,4 @@ def log_to_mlflow(params, args: argparse.Namespace, variant, result) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(main))  # exit 2: ConfigError, 3: DataError, no traceback
+    raise SystemExit(run_main(main))  # a user error: one line, its exit status (errors.py)

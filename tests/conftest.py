@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data root, the project's params, and a tiny random BERT."""
+"""Shared fixtures: the real data root, the project's params, and a tiny random BERT; and which
+tests are `slow` (left out of the fast lane, `python -m pytest -m "not slow"`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+# Fixtures that start a server: a test using one is slow wherever it lives.
+SERVER_FIXTURES = frozenset({"prefect_server"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that starts servers, a browser or DVC end to end (`integration`,
+    tests/integration/ and the PostgreSQL test of team mode) or uses a SERVER_FIXTURES fixture,
+    besides the tests marked `slow` by hand (real training, the real encoder on real data)."""
+    for item in items:
+        if item.get_closest_marker("integration") or SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -103,12 +103,34 @@ def test_a_checkpoint_written_before_pluggable_dev_metrics_reads_as_stsb(tmp_pat
 def test_best_state_and_clearing(tmp_path):
     save_best(tmp_path, 4, 1.0, {"w": torch.ones(2)})
     assert torch.equal(load_best_state(tmp_path, 4)["w"], torch.ones(2))
-    with pytest.raises(RuntimeError, match="best.pt is from step 4"):
+    with pytest.raises(RuntimeError, match="best-00000008.pt is missing"):
         load_best_state(tmp_path, 8)
     _checkpoint().save_latest(tmp_path)
     clear_checkpoints(tmp_path)
     assert list(tmp_path.iterdir()) == []
     clear_checkpoints(tmp_path / "missing")  # no folder: nothing to do
+
+
+def test_a_checkpoint_keeps_only_the_best_file_it_names(tmp_path):
+    """save_latest deletes older checkpoints and every best file but its own best step's, after
+    writing itself; a best file newer than the checkpoint is deleted by the next checkpoint."""
+    save_best(tmp_path, 2, 1.0, {"w": torch.ones(2)})
+    _checkpoint(step=3, best_step=2).save_latest(tmp_path)
+    save_best(tmp_path, 4, 2.0, {"w": torch.zeros(2)})  # killed here: checkpoint 3 still finds best 2
+    assert torch.equal(load_best_state(tmp_path, 2)["w"], torch.ones(2))
+    _checkpoint(step=4, best_step=4).save_latest(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-00000004.pt", "checkpoint-00000004.pt"]
+    _checkpoint(step=5, best_step=None).save_latest(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000005.pt"]
+
+
+def test_a_folder_written_before_best_files_named_by_step_reads_best_pt(tmp_path):
+    torch.save({"step": 4, "score": 1.0, "model": {"w": torch.ones(2)}}, tmp_path / "best.pt")
+    assert torch.equal(load_best_state(tmp_path, 4)["w"], torch.ones(2))
+    with pytest.raises(RuntimeError, match="best.pt is from step 4"):
+        load_best_state(tmp_path, 8)
+    clear_checkpoints(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rng_state_round_trip_replays_the_same_draws():

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from simcse_ops.cli import main
+from simcse_ops.errors import EXIT_DATA
 
 PAIRS = (
     "sentence1\tsentence2\tscore\n"
@@ -41,8 +42,9 @@ def test_sts_command_bad_file_is_a_clear_error(tmp_path, tiny_model_dir, capsys)
 def test_sts_command_missing_model_folder(tmp_path, capsys):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text(PAIRS, encoding="utf-8")
-    assert main(["sts", "--model", str(tmp_path / "no-model"), "--pairs", str(pairs)]) == 2
-    assert "no such model folder" in capsys.readouterr().err
+    assert main(["sts", "--model", str(tmp_path / "no-model"), "--pairs", str(pairs)]) == EXIT_DATA  # a missing input
+    err = capsys.readouterr().err
+    assert err == f"simcse-ops sts: error: {tmp_path / 'no-model'}: no such model folder\n", err
 
 
 @pytest.mark.slow

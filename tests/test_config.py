@@ -164,3 +164,54 @@ def test_domain_references_default_to_base_and_every_general_variant(raw, params
     own["register"]["domain"]["references"] = ["base", "unsup-wikii"]
     with pytest.raises(ConfigError, match=r"register.domain.references\[1\]: no variant 'unsup-wikii'"):
         parse_params(own, tmp_path / "p.yaml")
+
+
+def _default_disagreements(value, raw: dict, default=None, where: str = "") -> list[str]:
+    """`key: dataclass default != params.yaml value` for every key `raw` (params.yaml) states at
+    any depth that also has a dataclass default. `value` is the loaded object; `default` the
+    default object of its place (None: the fields' own defaults). A mapping of named entries
+    (sources, variants, tasks, per-source ranges) is compared entry by entry where the default
+    has the entry too (a variant's keys override VariantConfig's defaults by design)."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(value):
+        if f.name not in raw:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        if default is not None:
+            d = getattr(default, f.name)
+        elif f.default is not dataclasses.MISSING:
+            d = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            d = f.default_factory()
+        else:
+            d = None  # required: params.yaml is its only home
+        v = getattr(value, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _default_disagreements(v, raw[f.name], d, key)
+        elif isinstance(v, dict):
+            for name in sorted(set(d or {}) & set(v)):
+                if dataclasses.is_dataclass(v[name]):
+                    out += _default_disagreements(v[name], raw[f.name][name], d[name], f"{key}.{name}")
+                elif d[name] != v[name]:
+                    out.append(f"{key}.{name}: default {d[name]!r} != params.yaml {v[name]!r}")
+        elif d is not None and d != v:
+            out.append(f"{key}: default {d!r} != params.yaml {v!r}")
+    return out
+
+
+def test_every_dataclass_default_agrees_with_params_yaml(raw, params):
+    """One home per value: where params.yaml and a config dataclass both state a key's value,
+    they agree (a changed default would otherwise change behaviour only where params.yaml is
+    not read, e.g. a test's partial params or a section a user deletes)."""
+    assert _default_disagreements(params, raw) == []
+
+    changed = copy.deepcopy(raw)  # the walk sees nested sections and rules
+    changed["bias"]["gate"]["max_n_significant_increase"] = 3
+    changed["validate"]["corpus"]["length_tokens"]["max"] = 64
+    assert _default_disagreements(parse_params(changed), changed) == [
+        "validate.corpus.length_tokens.max: default 128 != params.yaml 64",
+        "bias.gate.max_n_significant_increase: default 1 != params.yaml 3",
+    ]
+

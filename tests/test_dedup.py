@@ -171,6 +171,24 @@ def test_config_is_checked_at_load(dedup, message):
         parse_params(raw, "p.yaml")
 
 
+def test_decontamination_covers_every_evaluation_role(params):
+    """The evaluation sources are every source whose role starts with eval- (config.EVAL_ROLES),
+    by definition: no key lists the roles, so no edit of params.yaml can drop one."""
+    from simcse_ops.config import EVAL_ROLES
+    from simcse_ops.dedup import plan_sources
+
+    assert EVAL_ROLES == ("eval-sts", "eval-domain")
+    source = {"format": "x", "paths": ["x"]}
+    raw = {"data": {}, "ingest": {}, "evaluate": {"tasks": {}}, "variants": {}, "dedup": {}, "sources": {
+        "wiki": {**source, "role": "train-unsup"}, "sts": {**source, "role": "eval-sts"},
+        "qa": {**source, "role": "eval-domain"}, "seat": {**source, "role": "bias"}}}
+    assert plan_sources(parse_params(raw, "p.yaml"), DedupConfig()) == (["wiki"], ["sts", "qa"])
+    _, evals = plan_sources(params, params.dedup)  # the project's: the domain test sets too
+    assert {"stsb", "sick", "mqp", "pubmedqa_conclusion", "biosses"} <= set(evals)
+    with pytest.raises(ConfigError, match=r"dedup: unknown key\(s\) 'eval_roles'"):
+        parse_params({**raw, "dedup": {"eval_roles": ["eval-sts"]}}, "p.yaml")
+
+
 def _evals():
     return {"evalset": ("sts", sts_table([
         ("A man is playing a guitar.", "A woman is slicing an onion.", 1.0),

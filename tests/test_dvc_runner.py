@@ -17,6 +17,7 @@ from simcse_ops.dvc_runner import (
     StageFiles,
     load_stage_files,
     parse_dag_dot,
+    plan_stages,
     run_dvc,
     stage_files,
     stage_graph,
@@ -207,3 +208,61 @@ def test_model_edges_state_what_dvc_yaml_cannot(params):
     v = dataclasses.replace(params.variants["biomed"], base_model="default")
     p = dataclasses.replace(params, variants={**params.variants, "biomed": v})
     assert "train@biomed" not in model_edges(p) and "evaluate@unsup-wiki" not in model_edges(p)
+
+
+# --------------------------------------------------------------------------------------------
+# plan_stages: the targets a flow runs, in order
+
+
+def chain_graph(*variants: str) -> dict[str, set[str]]:
+    """The shape of the project's DAG: register@V also needs evaluate@base (the reference); the
+    ONNX export feeds evaluate@V (backend parity) and register@V (the pyfunc's artifact)."""
+    g = {"ingest": set(), "dedup": {"ingest"}, "validate": {"dedup", "ingest"}}
+    for v in variants:
+        g[f"train@{v}"] = {"dedup", "validate"}
+        g[f"export@{v}"] = {f"train@{v}"}
+        g[f"evaluate@{v}"] = {"ingest", f"train@{v}", f"export@{v}"}
+        g[f"bias@{v}"] = {"ingest", f"train@{v}"}
+        g[f"register@{v}"] = {f"train@{v}", f"export@{v}", f"evaluate@{v}", f"bias@{v}", "evaluate@base"}
+    return g
+
+
+def test_plan_runs_shared_stages_then_variant_by_variant():
+    g = chain_graph("base", "a")
+    assert plan_stages(g, ["base", "a"], ["base", "a"]) == [
+        "ingest", "dedup", "validate",
+        "train@base", "export@base", "evaluate@base", "bias@base", "register@base",
+        "train@a", "export@a", "evaluate@a", "bias@a", "register@a",
+    ]
+
+
+def test_plan_adds_what_dvc_says_is_upstream():
+    g = chain_graph("base", "a", "b")
+    assert plan_stages(g, ["b"], ["base", "a", "b"]) == [
+        "ingest", "dedup", "validate",
+        "train@base", "export@base", "evaluate@base",  # register@b compares with base
+        "train@b", "export@b", "evaluate@b", "bias@b", "register@b",
+    ]
+    del g["register@a"]  # a foreach over a subset of the variants: a's chain is shorter
+    assert plan_stages(g, ["a"], ["base", "a", "b"])[-4:] == ["train@a", "export@a", "evaluate@a", "bias@a"]
+
+
+def test_the_report_runs_last_without_pulling_in_other_variants():
+    g = chain_graph("base", "a", "b")
+    g["report"] = {f"{s}@{v}" for v in ("base", "a", "b") for s in ("train", "evaluate", "bias", "register")}
+    plan = plan_stages(g, ["b"], ["base", "a", "b"])
+    assert plan[-2:] == ["register@b", "report"]
+    assert "register@a" not in plan and "register@base" not in plan
+
+
+def test_plan_fails_on_a_missing_shared_stage_variant_or_a_cycle():
+    g = chain_graph("a")
+    del g["dedup"]
+    with pytest.raises(ConfigError, match="no stage.*dedup"):
+        plan_stages(g, ["a"])
+    with pytest.raises(ConfigError, match="no stage for variant 'b'"):
+        plan_stages(chain_graph("a"), ["b"])
+    g = chain_graph("base")
+    g["ingest"] = {"register@base"}
+    with pytest.raises(ConfigError, match="cycle"):
+        plan_stages(g, ["base"])

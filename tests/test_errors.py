@@ -1,6 +1,8 @@
-"""User-facing errors end without a traceback: a stage given a bad params.yaml or a malformed data
-file prints `<stage>: error: <file:line or key> ...` as its last stderr line and exits 2
-(ConfigError) or 3 (DataError); any other exception keeps its traceback and exits 1."""
+"""User-facing errors end without a traceback: a stage, a flow or `simcse-ops` given a bad
+params.yaml, a malformed data file or a missing input prints `<prog>: error: <file:line or key> ...`
+as its last stderr line and exits with the error's status (2 ConfigError, 3 DataError or
+MissingInputError, 1 RegistryError, 4 TrackingUnavailable, 5 TeamError); any other exception keeps
+its traceback and exits 1."""
 
 from __future__ import annotations
 
@@ -12,14 +14,24 @@ from pathlib import Path
 import pytest
 
 from simcse_ops import errors
+from simcse_ops.cli import main as cli_main
+from simcse_ops.dvc_runner import DvcError
 from simcse_ops.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
     EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    EXIT_STORE,
+    EXIT_TEAM,
     ConfigError,
     DataError,
+    MissingInputError,
+    RegistryError,
+    UserError,
     run_main,
 )
+from simcse_ops.team import TeamError
+from simcse_ops.tracking import TrackingUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +141,14 @@ class MyDataError(DataError):
         (ConfigError("params.yaml: dedup.thresold: unknown key"), EXIT_CONFIG),
         (DataError("a.tsv", 7, "3 columns", "4 columns", "re-export the file"), EXIT_DATA),
         (MyDataError("a.tsv", None, "nothing", "rows"), EXIT_DATA),
+        (MissingInputError("data/ingested/stsb.parquet: not found; run the ingest stage first"), EXIT_DATA),
+        (RegistryError("simcse-x v2 is already the champion"), EXIT_REFUSED),
+        (TrackingUnavailable("MLflow store http://127.0.0.1:1 unreachable"), EXIT_STORE),
+        (TeamError("mlflow server did not answer http://127.0.0.1:5000 within 60 s"), EXIT_TEAM),
+        (DvcError(["repro", "ingest"], 1, Path("/w"), ["ingest: error: bad", "ERROR: failed"]), EXIT_REFUSED),
         (KeyboardInterrupt(), EXIT_INTERRUPTED),
     ],
+    ids=["config", "data", "data-subclass", "missing-input", "registry", "store", "team", "dvc", "interrupt"],
 )
 def test_run_main_user_errors(exc, status, capsys):
     assert run_main(raiser(exc), [], prog="toy") == status
@@ -139,7 +157,17 @@ def test_run_main_user_errors(exc, status, capsys):
     if status == EXIT_INTERRUPTED:
         assert err == "toy: interrupted\n"
     else:
-        assert err == f"toy: error: {exc}\n"
+        assert err == f"toy: error: {errors.one_line(exc)}\n"
+
+
+def test_statuses_are_distinct_where_documented():
+    """A team failure is not a config error (params.yaml may be right, the machine wrong); a missing
+    input is not a bug; the store has its own status."""
+    assert not issubclass(TeamError, ConfigError)
+    assert issubclass(MissingInputError, FileNotFoundError)  # code that expects one still catches it
+    assert {EXIT_CONFIG, EXIT_DATA, EXIT_STORE, EXIT_TEAM, EXIT_INTERRUPTED} == {2, 3, 4, 5, 130}
+    for cls in (ConfigError, DataError, MissingInputError, RegistryError, TrackingUnavailable, TeamError, DvcError):
+        assert issubclass(cls, UserError), cls
 
 
 def test_data_error_message():
@@ -200,3 +228,88 @@ def test_validation_failure_is_a_data_error(capsys):
     assert run_main(raiser(ValidationFailed([failure])), [], prog="validate") == EXIT_DATA
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("validate: error: validate: 1 critical expectation(s) failed")
+
+
+# --------------------------------------------------------------------------------------------
+# Every entry point: a stage, `simcse-ops`, a flow's main
+
+
+def only_line(r: subprocess.CompletedProcess) -> str:
+    """The one error line a failed entry point printed, last on stderr, with no traceback (the
+    stage's own log lines, such as `INFO ... 7 STS tasks with torch`, may come before it)."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    errors_ = [line for line in lines if ": error: " in line]
+    assert len(errors_) == 1 and lines[-1] == errors_[0], r.stderr
+    return lines[-1]
+
+
+def test_stage_missing_input_exits_3_naming_the_stage_that_makes_it(tmp_path):
+    """python -m stages.evaluate with a --data folder that does not exist: one line, exit 3."""
+    r = subprocess.run(
+        [sys.executable, "-m", "stages.evaluate", "--variant", "sup-nli", "--params", str(ROOT / "params.yaml"),
+         "--data", str(tmp_path / "none"), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == EXIT_DATA, r.stderr
+    line = only_line(r)
+    assert line.startswith(f"evaluate@sup-nli: error: {tmp_path / 'none'}/"), line
+    assert line.endswith(".parquet: not found; run the ingest stage first (dvc repro ingest)"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_input_exits_3_on_one_line(tmp_path, capsys):
+    missing = tmp_path / "pairs.tsv"
+    assert cli_main(["sts", "--model", str(tmp_path / "model"), "--pairs", str(missing)]) == EXIT_DATA
+    assert capsys.readouterr().err == f"simcse-ops sts: error: {missing}: no such pairs file\n"
+
+
+def test_cli_bad_config_exits_2_on_one_line(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text(PARAMS.replace("max_bad_fraction", "max_bad_fracton"))
+    assert cli_main(["history", "sup-nli", "--params", str(tmp_path / "params.yaml")]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("simcse-ops history: error: "), err
+    assert "ingest: unknown key(s) 'max_bad_fracton'" in err, err
+
+
+def test_cli_team_start_failure_has_its_own_status(project_root, monkeypatch, capsys):
+    """`simcse-ops team up` without the database password: a TeamError, exit 5, not a config error."""
+    from simcse_ops.config import load_params
+
+    monkeypatch.delenv(load_params(project_root / "params.yaml").team.password_env, raising=False)
+    assert cli_main(["team", "up", "--params", str(project_root / "params.yaml")]) == EXIT_TEAM
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("simcse-ops team: error: $"), err
+    assert "is not set: export" in err, err
+
+
+def test_cli_unexpected_exception_keeps_its_traceback(tmp_path, monkeypatch):
+    from simcse_ops import cli
+
+    def boom(args):
+        raise RuntimeError("a bug in a command")
+
+    monkeypatch.setattr(cli, "sts_cmd", boom)
+    with pytest.raises(RuntimeError, match="a bug in a command"):  # Python prints it, exit 1
+        cli_main(["sts", "--model", "m", "--pairs", "p"])
+
+
+def test_flow_main_missing_workspace_exits_3_before_prefect_starts(tmp_path):
+    """python -m flows.retrain on a folder that is not the project: one line, exit 3, and no
+    Prefect server is started for it."""
+    r = subprocess.run([sys.executable, "-m", "flows.retrain", "biomed", "--workspace", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == EXIT_DATA, r.stderr
+    line = only_line(r)
+    assert line == (f"retrain: error: {tmp_path.resolve()}: not a DVC repository (no .dvc folder); run `dvc init` "
+                    f"or pass the project's folder"), line
+
+
+def test_flow_main_bad_config_exits_2(tmp_path, capsys):
+    from flows import pipeline
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    assert run_main(pipeline.main, ["--workspace", str(tmp_path), "--variant", "nope"], prog="pipeline") == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pipeline: error: ") and "'nope'" in err, err

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from simcse_ops.config import POOLERS
 from simcse_ops.model import (
     FAST_ATTENTION,
-    POOLERS,
     FastDropout,
     fast_dropout,
     restore_attention,

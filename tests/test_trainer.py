@@ -460,6 +460,149 @@ def test_pairs_stage_lowers_the_loss_and_exports_a_loadable_model(tmp_path, tiny
 
 
 # --------------------------------------------------------------------------------------------
+# A kill between the best weights and the checkpoint: resume never starts before the best step
+
+# Dev scores by step of a 6-step run with eval_steps 2 and checkpoint_steps 3 (not a multiple):
+# step 0 is the curve only, steps 2 and 4 are new bests, step 6 is not.
+KILL_SCORES = {0: 0.0, 2: 1.0, 4: 3.0, 6: 2.0}
+
+
+def _kill_cfg(tiny_model_dir):
+    from simcse_ops.config import VariantConfig
+
+    return VariantConfig(method="unsup", base_model=str(tiny_model_dir), batch_size=16, max_steps=6, eval_steps=2,
+                         checkpoint_steps=3, lr=1e-3)
+
+
+def _train_scripted(tiny_model_dir, tok, data, ckpt_dir: Path):
+    """train() on the toy set with KILL_SCORES as the dev scores of the steps it evaluates (a
+    resumed run evaluates only the steps after its checkpoint's)."""
+    from simcse_ops.checkpoint import checkpoint_files, seed_everything
+    from simcse_ops.model import SimCSEEncoder
+    from simcse_ops.sts import DevScorer
+    from simcse_ops.trainer import DevConfig, train
+
+    found = checkpoint_files(ckpt_dir) if ckpt_dir.is_dir() else []
+    start = int(found[-1].stem.split("-")[1]) if found else 0
+    scores = iter(s for step, s in sorted(KILL_SCORES.items()) if step > start or step == start == 0)
+    cfg = _kill_cfg(tiny_model_dir)
+    seed_everything(cfg.seed)  # the MLP head's initialisation, as run_training does
+    return train(cfg, data, SimCSEEncoder.from_pretrained(str(tiny_model_dir)), tok, ckpt_dir=ckpt_dir,
+                 dev=DevConfig(DevScorer("toy", lambda embed: next(scores))), progress=False)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in process: no `except Exception` catches it, and nothing the loop does
+    after the kill point runs."""
+
+
+def test_a_kill_at_any_checkpoint_write_resumes_at_or_after_its_best_step(tmp_path, tiny_model_dir, monkeypatch):
+    """Every new best step writes best-<step>.pt then checkpoint-<step>.pt, even off the checkpoint
+    steps; killed before or after any write, the folder's latest checkpoint names a best step at
+    or before its own whose weights are on disk, and the resumed run ends with the uninterrupted
+    run's best step, best weights and loss curve."""
+    import torch
+
+    from simcse_ops import checkpoint
+
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
+    real_save = checkpoint.torch_save_atomic
+    writes: list[str] = []
+
+    def recording_save(obj, path):
+        real_save(obj, path)
+        writes.append(path.name)
+
+    monkeypatch.setattr(checkpoint, "torch_save_atomic", recording_save)
+    full, full_best = _train_scripted(tiny_model_dir, tok, data, tmp_path / "full")
+    assert writes == ["best-00000002.pt", "checkpoint-00000002.pt", "checkpoint-00000003.pt",
+                      "best-00000004.pt", "checkpoint-00000004.pt", "checkpoint-00000006.pt"]
+    assert full.best_step == 4 and sorted(p.name for p in (tmp_path / "full").iterdir()) == \
+        ["best-00000004.pt", "checkpoint-00000006.pt"]
+
+    for k in range(len(writes)):
+        for after in (False, True):
+            ckpt_dir = tmp_path / f"killed-{k}-{after}"
+            count = iter(range(len(writes)))
+
+            def killing_save(obj, path, k=k, after=after):
+                if next(count) == k and not after:
+                    raise _Killed
+                real_save(obj, path)
+                if after and path.name == writes[k]:
+                    raise _Killed
+
+            monkeypatch.setattr(checkpoint, "torch_save_atomic", killing_save)
+            with pytest.raises(_Killed):
+                _train_scripted(tiny_model_dir, tok, data, ckpt_dir)
+            monkeypatch.setattr(checkpoint, "torch_save_atomic", real_save)
+
+            at = f"killed {'after' if after else 'before'} writing {writes[k]}"
+            found = checkpoint.checkpoint_files(ckpt_dir)
+            latest = checkpoint.Checkpoint.load(found[-1]) if found else None
+            if latest is not None and latest.best_step is not None:
+                assert latest.best_step <= latest.step, at
+                assert checkpoint.best_file(ckpt_dir, latest.best_step).is_file(), at
+            if after and writes[k].startswith("checkpoint-"):  # the checkpoint of a best step is written
+                assert latest.step == int(writes[k][11:19]), at
+                assert latest.best_step == (4 if latest.step >= 4 else 2), at
+            resumed, best = _train_scripted(tiny_model_dir, tok, data, ckpt_dir)
+            assert resumed.resumed_from_step == (latest.step if latest else None), at
+            if latest is not None and latest.best_step is not None:
+                assert resumed.resumed_from_step >= latest.best_step, at
+            assert resumed.best_step == 4 and resumed.loss_curve == full.loss_curve, at
+            assert all(torch.equal(best[n], full_best[n]) for n in full_best), at
+
+
+# The child of the SIGKILL test: train as _train_scripted, SIGKILLed right after best-00000004.pt
+# is written, before checkpoint-00000004.pt.
+_KILL_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from simcse_ops import checkpoint
+from tests.test_trainer import _train_scripted, toy_unsup_data
+
+real_save = checkpoint.torch_save_atomic
+
+def save(obj, path):
+    real_save(obj, path)
+    if path.name == "best-00000004.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.torch_save_atomic = save
+tmp, model = Path(sys.argv[1]), Path(sys.argv[2])
+tok, data = toy_unsup_data(tmp, model)
+_train_scripted(model, tok, data, tmp / "ckpt")
+"""
+
+
+def test_sigkill_between_the_best_weights_and_their_checkpoint_resumes_from_a_consistent_pair(
+        tmp_path, tiny_model_dir, project_root):
+    """kill -9 between best-<4>.pt and checkpoint-<4>.pt: checkpoint 3 and its best step 2's
+    weights are still on disk, so the run resumes at step 3 (after its best step) and ends with
+    the uninterrupted run's best step and weights."""
+    import torch
+
+    from simcse_ops.checkpoint import Checkpoint, checkpoint_files
+
+    proc = subprocess.run([sys.executable, "-c", _KILL_CHILD, str(tmp_path), str(tiny_model_dir)],
+                          cwd=project_root, env=_env(), capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ckpt_dir = tmp_path / "ckpt"
+    assert sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) == \
+        ["best-00000002.pt", "best-00000004.pt", "checkpoint-00000003.pt"]
+    latest = Checkpoint.load(checkpoint_files(ckpt_dir)[-1])
+    assert (latest.step, latest.best_step) == (3, 2)
+
+    tok, data = toy_unsup_data(tmp_path, tiny_model_dir)
+    resumed, best = _train_scripted(tiny_model_dir, tok, data, ckpt_dir)
+    full, full_best = _train_scripted(tiny_model_dir, tok, data, tmp_path / "full")
+    assert resumed.resumed_from_step == 3 and resumed.best_step == full.best_step == 4
+    assert resumed.loss_curve == full.loss_curve
+    assert all(torch.equal(best[n], full_best[n]) for n in full_best)
+
+
+# --------------------------------------------------------------------------------------------
 # SIGKILL + resume gives the uninterrupted run's loss curve
 
 

@@ -68,7 +68,9 @@ def test_tsdae_stage_trains_and_exports_a_loadable_model(tmp_path, tiny_model_di
 @pytest.mark.slow
 def test_interrupted_tsdae_run_resumes_to_the_same_curve_and_weights(tmp_path, tiny_model_dir, project_root,
                                                                       monkeypatch):
-    """A run stopped after step 5 resumes from its step-3 checkpoint and reproduces the whole run."""
+    """A run stopped after step 5 resumes from its step-4 checkpoint (step 4, the first selectable
+    dev step, is a best step, so a checkpoint step off the every-3 schedule) and reproduces the
+    whole run."""
     import torch
 
     import simcse_ops.tsdae as tsdae
@@ -92,11 +94,11 @@ def test_interrupted_tsdae_run_resumes_to_the_same_curve_and_weights(tmp_path, t
     with pytest.raises(KeyboardInterrupt):
         _run_stage(params, data, broken, project_root, monkeypatch)
     monkeypatch.setattr(tsdae, "tsdae_step", real_step)
-    assert [p.name for p in (broken / "ckpt").glob("checkpoint-*.pt")] == ["checkpoint-00000003.pt"]
+    assert sorted(p.name for p in (broken / "ckpt").glob("*.pt")) == ["best-00000004.pt", "checkpoint-00000004.pt"]
     _run_stage(params, data, broken, project_root, monkeypatch)
 
     resumed = yaml.safe_load((broken / "metrics" / "train.json").read_text())
-    assert resumed["resumed_from_step"] == 3
+    assert resumed["resumed_from_step"] == 4
     assert read_curve(full / "metrics" / "loss.csv") == read_curve(broken / "metrics" / "loss.csv")
     assert read_curve(full / "metrics" / "dev.csv") == read_curve(broken / "metrics" / "dev.csv")
     assert (full / "model" / "model.safetensors").read_bytes() == (broken / "model" / "model.safetensors").read_bytes()

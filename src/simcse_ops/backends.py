@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.errors import MissingInputError
 from simcse_ops.files import atomic_path
 from simcse_ops.progress import Progress
 
@@ -96,7 +97,7 @@ def read_pipeline(model_dir: Path | str) -> Pipeline:
     """Read modules.json (Transformer, Pooling, optional Normalize) of a local model folder."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() and not (model_dir / "modules.json").is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{model_dir}: not a model folder (no modules.json or config.json); train or export the "
             f"model first (e.g. `dvc repro train@<variant>`) or pass a saved model folder"
         )
@@ -358,7 +359,7 @@ def export_onnx(model_dir: Path | str, out_dir: Path | str, int8: Int8Settings =
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{model_dir}: no such model folder; train the variant first (`dvc repro train@<variant>`) "
             f"or save the model there"
         )
@@ -396,7 +397,7 @@ class OnnxEncoder:
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{onnx_path}: no ONNX graph; export it first with "
                 f"simcse_ops.backends.export_onnx({str(model_dir)!r}, {str(onnx_path.parent)!r})"
             )

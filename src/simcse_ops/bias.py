@@ -60,7 +60,7 @@ import pandas as pd
 
 from simcse_ops.config import BiasConfig, ConfigError
 from simcse_ops.encoder import encode, load_sentence_transformer
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.sts import embed_unique
 
 EmbedFn = Callable[[list[str]], np.ndarray]
@@ -268,7 +268,7 @@ def load_seat_tests(data_dir: Path | str, cfg: BiasConfig, params_path: Path | s
     """The tests `cfg.tests` (all when empty) from `<data_dir>/<cfg.source>.parquet`."""
     path = Path(data_dir) / f"{cfg.source}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+        raise MissingInputError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
     tests = seat_tests_from_table(pd.read_parquet(path), path)
     if not cfg.tests:
         return tests
@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Any] = {}
     for f in args.files:
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: not found; run the bias stage first (dvc repro bias@<variant>)")
+            raise MissingInputError(f"{f}: not found; run the bias stage first (dvc repro bias@<variant>)")
         r = json.loads(f.read_text(encoding="utf-8"))
         results[r.get("variant") or f.parent.name] = r
     print(effect_size_table(results), end="")

@@ -12,7 +12,16 @@ On disk, in a run's checkpoint folder (every file written atomically):
   latest is kept. It resumes a run only if its `format` is `CHECKPOINT_FORMAT` and its
   `fingerprint` is the run's `run_fingerprint` (every setting that changes the numbers, the
   training data, the start weights and the dev sets);
-- `best.pt`: {step, score, model}, the weights of the best dev step so far (`save_best`).
+- `best-<step:08d>.pt`: {step, score, model}, the weights of a best dev step (`save_best`).
+
+Invariant, whenever the process is killed: the latest checkpoint names a best step B <= its own
+step, and `best-<B>.pt` is on disk. The loops keep it by writing in this order: a new best step
+S writes `best-<S>.pt`, then `checkpoint-<S>.pt` (a new best step is always a checkpoint step),
+then `save_latest` deletes the older checkpoints and every best file but `best-<S>.pt`. So once a
+best step's checkpoint is written, resume starts at that step or later; a kill between the two
+writes resumes from the previous checkpoint with its own best (the newer best file is not read,
+and the resumed run writes it again). A folder written before best files were named by step has
+one `best.pt`, read when its step is the checkpoint's best step.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from simcse_ops.files import atomic_path
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-BEST_FILE = "best.pt"
+LEGACY_BEST_FILE = "best.pt"  # the one best file of folders written before `best-<step>.pt`
 # The dev metric of checkpoints written before the dev metric was pluggable.
 LEGACY_DEV_METRIC = "stsb_dev_spearman"
 
@@ -105,11 +114,15 @@ def checkpoint_files(ckpt_dir: Path | str) -> list[Path]:
     return sorted(Path(ckpt_dir).glob("checkpoint-*.pt"))
 
 
+def best_file(ckpt_dir: Path | str, step: int) -> Path:
+    return Path(ckpt_dir) / f"best-{step:08d}.pt"
+
+
 def clear_checkpoints(ckpt_dir: Path | str) -> None:
-    """Delete a folder's checkpoints and best.pt (those of another run)."""
+    """Delete a folder's checkpoints and best files (those of another run)."""
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_dir():
-        for stale in checkpoint_files(ckpt_dir) + [ckpt_dir / BEST_FILE]:
+        for stale in checkpoint_files(ckpt_dir) + sorted(ckpt_dir.glob("best-*.pt")) + [ckpt_dir / LEGACY_BEST_FILE]:
             stale.unlink(missing_ok=True)
 
 
@@ -119,15 +132,23 @@ def torch_save_atomic(obj, path: Path) -> None:
 
 
 def save_best(ckpt_dir: Path | str, step: int, score: float, model_state: dict) -> None:
-    """`<ckpt_dir>/best.pt`: the best dev step's weights, for a resumed run to export."""
-    torch_save_atomic({"step": step, "score": score, "model": model_state}, Path(ckpt_dir) / BEST_FILE)
+    """`<ckpt_dir>/best-<step>.pt`: a best dev step's weights, for a resumed run to export. Write
+    it before the checkpoint of the same step (the module's invariant)."""
+    torch_save_atomic({"step": step, "score": score, "model": model_state}, best_file(ckpt_dir, step))
 
 
 def load_best_state(ckpt_dir: Path | str, best_step: int) -> dict:
-    """The best step's weights from `<ckpt_dir>/best.pt`, checked against the checkpoint's best step."""
-    best = torch.load(Path(ckpt_dir) / BEST_FILE, map_location="cpu", weights_only=False)
+    """The weights of the checkpoint's best step: `best-<best_step>.pt`, or, in a folder written
+    before best files were named by step, `best.pt` when it holds that step."""
+    path = best_file(ckpt_dir, best_step)
+    if not path.is_file() and (Path(ckpt_dir) / LEGACY_BEST_FILE).is_file():
+        path = Path(ckpt_dir) / LEGACY_BEST_FILE
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing, the checkpoint's best step is {best_step}; "
+                           f"delete {ckpt_dir} and retrain")
+    best = torch.load(path, map_location="cpu", weights_only=False)
     if best["step"] != best_step:
-        raise RuntimeError(f"{ckpt_dir}/best.pt is from step {best['step']}, "
+        raise RuntimeError(f"{path} is from step {best['step']}, "
                            f"the checkpoint expects {best_step}; delete {ckpt_dir} and retrain")
     return best["model"]
 
@@ -183,11 +204,13 @@ class Checkpoint:
         torch_save_atomic(self.to_dict(), Path(path))
 
     def save_latest(self, ckpt_dir: Path | str) -> Path:
-        """Write `<ckpt_dir>/checkpoint-<step>.pt`, then delete the folder's older checkpoints."""
+        """Write `<ckpt_dir>/checkpoint-<step>.pt`, then delete the folder's older checkpoints and
+        the best files of steps other than this checkpoint's best step."""
         path = Path(ckpt_dir) / f"checkpoint-{self.step:08d}.pt"
         self.save(path)
-        for old in checkpoint_files(ckpt_dir):
-            if old != path:
+        keep = best_file(ckpt_dir, self.best_step) if self.best_step is not None else None
+        for old in checkpoint_files(ckpt_dir) + sorted(Path(ckpt_dir).glob("best-*.pt")):
+            if old not in (path, keep):
                 old.unlink(missing_ok=True)
         return path
 

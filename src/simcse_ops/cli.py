@@ -28,7 +28,7 @@ from simcse_ops import tracking
 from simcse_ops.actions import audit_log, promote, reconcile, rollback
 from simcse_ops.config import load_params
 from simcse_ops.encoder import encode, load_sentence_transformer
-from simcse_ops.errors import ConfigError, RegistryError, run_main
+from simcse_ops.errors import RegistryError, run_main
 from simcse_ops.store import mlflow_client
 from simcse_ops.sts import embed_unique, pair_cosines, pearson100, read_pairs_file, spearman100
 from simcse_ops.team import Team, status_json
@@ -202,21 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit statuses are the stages' (errors.py): 2 a bad argument or
-    params.yaml, 3 bad data in an input file, 1 a registry action refused (message on stderr)."""
+    """Run one command; the exit statuses are the stages' (errors.py): 1 a registry action refused,
+    2 a bad argument or params.yaml, 3 bad data or a missing input (a model folder, a pairs file),
+    4 the MLflow store unreachable, 5 the team stack failed to start; the message on one line."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
 
-    def command() -> int:
-        try:
-            return args.func(args)
-        except FileNotFoundError as e:  # a path given on the command line: the user's to fix
-            raise ConfigError(str(e)) from e
-        except (RegistryError, tracking.TrackingUnavailable) as e:  # refused, or no store: exit 1
-            print(f"simcse-ops {args.command}: {e}", file=sys.stderr)
-            return 1
-
-    return run_main(command, prog=f"simcse-ops {args.command}")
+    return run_main(lambda: args.func(args), prog=f"simcse-ops {args.command}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ falls back to a default.
 
 Each stage reads only its own section; DVC tracks those keys through the `params:` lists in
 `dvc.yaml`.
+
+Defaults: a key params.yaml states (a section's key, at any depth) has its value there, and the
+dataclass default, where one exists, must equal it (tests/test_config.py lists every
+disagreement). A key params.yaml omits (a rule's `enabled`, a variant's `seed`) has its only home
+here. Entries of a mapping named by the user (sources, variants, evaluate.tasks,
+evaluate.domain_tasks) take the dataclass default for a key they omit: per-entry values are
+overrides, never a second default.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ DATA_ROOT_ENV = "SIMCSE_DATA_ROOT"
 
 # eval-domain: a domain evaluation set (pair classification or retrieval; never trained on).
 Role = Literal["eval-sts", "eval-domain", "train-unsup", "train-sup", "domain", "bias"]
+# Every evaluation role, by definition those starting with "eval-": dedup decontaminates the
+# training sources against every source with one of them, so a new evaluation role is covered.
+EVAL_ROLES: tuple[str, ...] = tuple(r for r in get_args(Role) if r.startswith("eval-"))
+
+# variants.<V>.pooler: model.pool computes each (the one list of names).
+Pooler = Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"]
+POOLERS: tuple[str, ...] = get_args(Pooler)
 
 
 
@@ -128,7 +142,7 @@ class VariantConfig:
     method: Literal["pretrained", "unsup", "sup", "pairs", "tsdae"]
     base_model: str = "default"
     corpus: tuple[str, ...] = ()  # source names (after dedup) the variant trains on
-    pooler: Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"] = "avg"
+    pooler: Pooler = "avg"
     mlp: bool = True  # SimCSE's Linear+tanh head on the pooled vector (never for cls_before_pooler)
     mlp_only_train: bool = True  # drop the head from the exported inference model
     temperature: float = 0.05
@@ -177,10 +191,9 @@ MAX_NGRAM = 16  # dedup hashes n-grams with one multiplier per position (dedup._
 class DedupConfig:
     """params.yaml `dedup`: near-duplicate removal and decontamination (dedup.py)."""
 
-    # Roles whose sources are cleaned and written to data/clean.
+    # Roles whose sources are cleaned and written to data/clean. Every sentence of every source
+    # with an evaluation role (EVAL_ROLES, not configurable) is an evaluation sentence.
     roles: tuple[str, ...] = ("train-unsup", "train-sup", "domain")
-    # Every sentence of every source with one of these roles is an evaluation sentence.
-    eval_roles: tuple[str, ...] = ("eval-sts",)
     # More evaluation sets by source name (any role and kind), e.g. a domain STS set.
     extra_eval_sources: tuple[str, ...] = ()
     # Duplicates across training sources of the same kind (earlier source in params.yaml wins).
@@ -517,10 +530,6 @@ class Params:
 # Strict builder
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _coerce(value: Any, tp: Any, where: str, file: Path) -> Any:
     origin = get_origin(tp)
     if tp is Any:
@@ -685,7 +694,6 @@ def _check_variants(params: Params, raw: dict) -> None:
 def _check_dedup(params: Params, raw: dict) -> None:
     d = params.dedup
     _roles_known(params, "dedup.roles", d.roles)
-    _roles_known(params, "dedup.eval_roles", d.eval_roles)
     for i, s in enumerate(d.extra_eval_sources):
         if s not in params.sources:
             _fail(params, f"dedup.extra_eval_sources[{i}]", f"no source {s!r} in sources")

@@ -60,8 +60,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simcse_ops.config import MAX_NGRAM, ConfigError, DedupConfig, Params
-from simcse_ops.errors import DataError
+from simcse_ops.config import EVAL_ROLES, MAX_NGRAM, ConfigError, DedupConfig, Params
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.files import atomic_path, write_json
 from simcse_ops.progress import Progress
 from simcse_ops.readers import FORMATS
@@ -79,9 +79,6 @@ REASONS = (CONTAMINATION_EXACT, CONTAMINATION_NEAR, EXACT_DUPLICATE, NEAR_DUPLIC
 # shared by many pairs of that abstract, so shingles merged over the pair would make all of
 # them "near duplicates" of one another.
 PER_SIDE_NEAR_KINDS = ("text_pairs",)
-
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 
 # --------------------------------------------------------------------------------------------
 # Normalisation and tokens
@@ -138,15 +135,6 @@ def normalize_many(texts: Sequence[str | None]) -> list[str | None]:
 
 # --------------------------------------------------------------------------------------------
 # Hashing helpers (uint64 arithmetic wraps modulo 2^64, which is what these hashes want)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser: a bijective 64-bit mixer (Steele et al. 2014)."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 # Odd multipliers for the positions of an n-gram (position 0 uses the token hash as it is).
@@ -276,16 +264,6 @@ class ShingleSets:
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         gather = np.repeat(starts - offsets[:-1], sizes) + np.arange(offsets[-1], dtype=np.int64)
         return ShingleSets(self.hashes[gather], offsets)
-
-
-def concat_sets(parts: Sequence[ShingleSets]) -> ShingleSets:
-    hashes = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, np.uint64)
-    offs = [np.zeros(1, np.int64)]
-    base = 0
-    for p in parts:
-        offs.append(p.offsets[1:] + base)
-        base += p.offsets[-1]
-    return ShingleSets(hashes, np.concatenate(offs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -936,9 +914,10 @@ def deduplicate(
 
 def plan_sources(params: Params, cfg: DedupConfig) -> tuple[list[str], list[str]]:
     """(training sources to clean, evaluation sources to decontaminate against), in
-    params.yaml order."""
+    params.yaml order: the evaluation sources are every source with an evaluation role
+    (config.EVAL_ROLES: eval-sts, eval-domain), then `dedup.extra_eval_sources`."""
     train = [n for n, s in params.sources.items() if s.role in cfg.roles]
-    evals = [n for n, s in params.sources.items() if s.role in cfg.eval_roles]
+    evals = list(params.sources_with_role(*EVAL_ROLES))
     for n in cfg.extra_eval_sources:
         if n not in params.sources:
             raise ConfigError(f"{params.path}: dedup.extra_eval_sources: no source {n!r} in sources")
@@ -956,7 +935,7 @@ def _read_ingested(params: Params, data_dir: Path, name: str) -> tuple[str, pa.T
     """(kind, table) of source `name` in `data_dir`."""
     path = data_dir / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+        raise MissingInputError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
     return FORMATS[params.sources[name].format].kind, pq.read_table(path)
 
 

@@ -93,11 +93,3 @@ def all_gather_object(obj, ctx: DistContext) -> list:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj, ctx: DistContext):
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -38,7 +38,7 @@ unless asked (PyStemmer is optional), through the same trec_eval code path.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -462,8 +462,3 @@ def score_bm25(
         "top_k": top_k,
     }
     return _retrieval_result(items, timing, details)
-
-
-def items_frame(items: Mapping[str, list]) -> pd.DataFrame:
-    """A task's items as a table (one row per pair or query), for inspection."""
-    return pd.DataFrame({k: v for k, v in items.items() if len(v) == len(items["id"])})

@@ -25,11 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simcse_ops.errors import ConfigError
+from simcse_ops.errors import EXIT_REFUSED, ConfigError, MissingInputError, UserError
 from simcse_ops.run_name import RUN_NAME_ENV
 
 LineHandler = Callable[[str, str], None]  # (stream name: "stdout" | "stderr", line without newline)
@@ -42,8 +42,11 @@ LOCK_FILE = Path(".dvc") / "tmp" / "simcse-flows.lock"
 DVC_FILE = "dvc.yaml"
 
 
-class DvcError(RuntimeError):
-    """A `dvc` command exited non-zero. The message ends with the tail of its stderr."""
+class DvcError(UserError, RuntimeError):
+    """A `dvc` command exited non-zero. The message ends with the tail of its stderr, where the
+    failed stage says what went wrong; a flow's `main` exits 1 with it (errors.py)."""
+
+    exit_status = EXIT_REFUSED
 
     def __init__(self, args: Sequence[str], returncode: int, workspace: Path, stderr_tail: list[str]):
         self.args_ = list(args)
@@ -86,6 +89,15 @@ def _pump(stream, name: str, sink: collections.deque, keep: list[str], handler: 
     stream.close()
 
 
+def require_dvc_repo(workspace: Path | str) -> Path:
+    """`workspace`, resolved; a `MissingInputError` when it is not a DVC repository."""
+    workspace = Path(workspace).resolve()
+    if not (workspace / ".dvc").is_dir():
+        raise MissingInputError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init` "
+                                f"or pass the project's folder")
+    return workspace
+
+
 def run_dvc(
     args: Sequence[str],
     workspace: Path | str,
@@ -100,11 +112,9 @@ def run_dvc(
     (`run_name.current_run_name`: the validate stage names its GX run after it).
 
     Raises `DvcError` (with the last `tail_lines` lines of stderr) when DVC exits non-zero, and
-    `FileNotFoundError` when `workspace` is not a DVC repository.
+    `MissingInputError` when `workspace` is not a DVC repository.
     """
-    workspace = Path(workspace).resolve()
-    if not (workspace / ".dvc").is_dir():
-        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    workspace = require_dvc_repo(workspace)
     full_env = {**_QUIET_PROGRESS, **os.environ, **(env or {})}
     if run_name:
         full_env[RUN_NAME_ENV] = run_name
@@ -199,6 +209,74 @@ def model_edges(params) -> dict[str, set[str]]:
         for ref in params.domain_references(name):
             edges.setdefault(f"evaluate@{name}", set()).add(f"train@{ref}")
     return edges
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which stage targets a flow runs, in which order
+
+
+# Stages every run needs, in order, then the stages DVC expands per variant (`train@biomed`).
+SHARED_STAGES = ("ingest", "dedup", "validate")
+VARIANT_STAGES = ("train", "export", "evaluate", "bias", "register")
+REPORT_STAGE = "report"  # the run report, over every variant's metrics: last, when dvc.yaml has it
+
+
+def plan_stages(graph: Mapping[str, set[str]], variants: Sequence[str],
+                variant_order: Sequence[str] | None = None) -> list[str]:
+    """The stage targets to run, in order, for `variants`.
+
+    `graph` is DVC's DAG ({stage: its direct upstream stages}, `stage_graph`). The targets are the
+    shared stages and each variant's chain (the per-variant stages `dvc.yaml` defines for it);
+    every stage upstream of a target is added (`register@biomed` needs `evaluate@base`), as
+    `dvc repro` would. The order is topological; among stages that are ready together the shared
+    stages come first, then variant by variant (in `variant_order`, params.yaml's order), each in
+    train, export, evaluate, bias, register order. The `report` stage, when the graph has it,
+    comes last, without its upstream stages: it reports every variant's metrics as they are.
+    """
+    missing = [s for s in SHARED_STAGES if s not in graph]
+    if missing:
+        raise ConfigError(
+            f"dvc.yaml: no stage(s) {', '.join(missing)}; the pipeline runs {', '.join(SHARED_STAGES)} "
+            f"first (stages found: {', '.join(sorted(graph)) or 'none'})"
+        )
+    targets = list(SHARED_STAGES)
+    for v in variants:
+        chain = [f"{s}@{v}" for s in VARIANT_STAGES if f"{s}@{v}" in graph]
+        if not chain:
+            raise ConfigError(
+                f"dvc.yaml: no stage for variant {v!r} (expected {VARIANT_STAGES[0]}@{v}, ...); "
+                "is it in params.yaml `variants`?"
+            )
+        targets.extend(chain)
+
+    needed: set[str] = set()
+    todo = list(targets)
+    while todo:
+        stage = todo.pop()
+        if stage not in needed:
+            needed.add(stage)
+            todo.extend(graph.get(stage, ()))
+
+    order = list(variant_order or []) + [v for v in variants if v not in (variant_order or [])]
+
+    def rank(stage: str) -> tuple:
+        kind, _, variant = stage.partition("@")
+        if not variant:
+            return (0, SHARED_STAGES.index(kind) if kind in SHARED_STAGES else len(SHARED_STAGES), stage)
+        v_rank = order.index(variant) if variant in order else len(order)
+        k_rank = VARIANT_STAGES.index(kind) if kind in VARIANT_STAGES else len(VARIANT_STAGES)
+        return (1, v_rank, k_rank, stage)
+
+    plan: list[str] = []
+    done: set[str] = set()
+    while len(plan) < len(needed):
+        ready = [s for s in needed - done if graph.get(s, set()) & needed <= done]
+        if not ready:
+            raise ConfigError(f"dvc.yaml: a cycle among {', '.join(sorted(needed - done))}")
+        nxt = min(ready, key=rank)
+        plan.append(nxt)
+        done.add(nxt)
+    return plan + ([REPORT_STAGE] if REPORT_STAGE in graph and REPORT_STAGE not in plan else [])
 
 
 def default_remote(workspace: Path | str) -> str | None:
@@ -308,16 +386,14 @@ def load_stage_files(
 
     Generated stages are named as DVC names them (`register@biomed`). An unknown target is a
     `ConfigError` naming dvc.yaml and the stages it defines; a workspace without `.dvc` is a
-    `FileNotFoundError`, as for `run_dvc`.
+    `MissingInputError`, as for `run_dvc`.
     """
     # DVC's API is heavy to import (~0.3 s and many modules): only the callers that need it pay.
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    workspace = Path(workspace).resolve()
-    if not (workspace / ".dvc").is_dir():
-        raise FileNotFoundError(f"{workspace}: not a DVC repository (no .dvc folder); run `dvc init`")
+    workspace = require_dvc_repo(workspace)
     dvcfile = workspace / DVC_FILE
 
     def rel(entry) -> str:

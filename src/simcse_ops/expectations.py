@@ -42,7 +42,7 @@ import pandas as pd
 
 from simcse_ops import data_docs
 from simcse_ops.config import Rule, ValidateConfig
-from simcse_ops.errors import EXIT_DATA
+from simcse_ops.errors import EXIT_DATA, MissingInputError, UserError
 from simcse_ops.files import atomic_path, remove_path, write_json
 from simcse_ops.dedup import normalize_many
 from simcse_ops.readers import FORMATS
@@ -64,7 +64,7 @@ NON_LATIN_REGEX = (
 )
 
 
-class ValidationFailed(ValueError):
+class ValidationFailed(UserError, ValueError):
     """At least one critical expectation failed; the message lists each with its observed value.
     A user-facing data error: a stage exits with `errors.EXIT_DATA`, without a traceback."""
 
@@ -394,7 +394,7 @@ def load_batches(params, cfg: ValidateConfig, clean_dir: Path, ingested_dir: Pat
         path = Path(folder) / f"{name}.parquet"
         if not path.is_file():
             stage = "dedup" if folder == clean_dir else "ingest"
-            raise FileNotFoundError(f"{path}: not found; run the {stage} stage first (dvc repro {stage})")
+            raise MissingInputError(f"{path}: not found; run the {stage} stage first (dvc repro {stage})")
         df = prepare_frame(kind, pq.read_table(path).to_pandas())
         if kind != "sts":
             batches.append(Batch(name, name, kind, path, df))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 
 
 @contextlib.contextmanager
@@ -57,10 +57,13 @@ def write_json(path: Path | str, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def read_json(path: Path | str) -> Any:
+def read_json(path: Path | str, made_by: str | None = None) -> Any:
+    """The JSON document in `path`. A missing file is a `MissingInputError` (naming `made_by`, the
+    stage that writes it, when given); invalid JSON a `DataError` naming the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+        first = f"; run {made_by} first" if made_by else ""
+        raise MissingInputError(f"{path}: not found{first}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from simcse_ops.config import ConfigError, Params
+from simcse_ops.errors import MissingInputError
 from simcse_ops.files import atomic_path, write_json
 
 CLEAN, INGESTED = "clean", "ingested"
@@ -99,7 +100,7 @@ def write_inputs(params: Params, clean_dir: Path | str, ingested_dir: Path | str
                 src_dir, stage = dirs[kind]
                 src = src_dir / f"{source}.parquet"
                 if not src.is_file():
-                    raise FileNotFoundError(f"{src}: not found ({folder} reads source {source!r}); "
+                    raise MissingInputError(f"{src}: not found ({folder} reads source {source!r}); "
                                             f"run the {stage} stage first (dvc repro {stage})")
                 shutil.copyfile(src, dest / src.name)
                 md5[src] = md5.get(src) or _md5(src)

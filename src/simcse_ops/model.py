@@ -28,7 +28,6 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -37,13 +36,12 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Weighted
 from torch import Tensor, nn
 from transformers import AutoModel
 
+from simcse_ops.config import POOLERS
 from simcse_ops.encoder import load_sentence_transformer, resolve_model
 from simcse_ops.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-Pooler = Literal["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"]
-POOLERS: tuple[str, ...] = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
 _LAYER_POOLERS = ("avg_first_last", "avg_top2")
 
 

@@ -54,7 +54,7 @@ from simcse_ops import tracking
 from simcse_ops.actions import move_alias, reconcile
 from simcse_ops.card import model_card
 from simcse_ops.config import MlflowConfig, ServeConfig
-from simcse_ops.errors import RegistryError
+from simcse_ops.errors import MissingInputError, RegistryError
 from simcse_ops.files import read_json
 from simcse_ops.evaluation import rescore_domain_task
 from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, best_general, decide
@@ -172,11 +172,11 @@ def gather(params, variant: str, model_dir: Path, metrics_dir: Path, base_metric
     params.variant(variant)  # an unknown variant fails before anything is read
     g = gate_inputs(params, variant)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); run the train stage")
+        raise MissingInputError(f"{model_dir}: not a model folder (no config.json); run the train stage")
     backend = params.serve.backend  # the gate sees the served backend's STS scores
     scores = load_scores(metrics_dir, g.tasks, require_bias=g.cfg.bias_gate, model=variant, backend=backend)
     if g.primary is not None and g.primary not in scores.domain:
-        raise FileNotFoundError(f"{metrics_dir / DOMAIN_JSON}: no results on the primary task "
+        raise MissingInputError(f"{metrics_dir / DOMAIN_JSON}: no results on the primary task "
                                 f"{g.primary}; run the evaluate stage (dvc repro evaluate@{variant})")
     base = None
     if base_metrics_dir is not None and not g.is_base_variant:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simcse_ops.config import MlflowConfig
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.files import read_json
 from simcse_ops.gate import DomainScore, GateInputs, Scores
 from simcse_ops.store import is_not_found
@@ -79,18 +80,19 @@ def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = 
     default the variant the folder belongs to)."""
     metrics_dir = Path(metrics_dir)
     sts_path = metrics_dir / "sts.json"
-    raw = read_json(sts_path)
+    raw = read_json(sts_path, made_by=f"the evaluate stage (dvc repro evaluate@{model or metrics_dir.name})")
     sts = sts_row(raw, tasks, backend, sts_path)
     backends = dict(raw.get("backends") or {})
     domain = load_domain(metrics_dir, model)
     bias_path = metrics_dir / "bias.json"
     if not bias_path.is_file():
         if require_bias:
-            raise FileNotFoundError(f"{bias_path}: not found; run the bias stage first")
+            raise MissingInputError(f"{bias_path}: not found; run the bias stage first "
+                                    f"(dvc repro bias@{model or metrics_dir.name})")
         return Scores(sts, domain=domain, backend=backend, backends=backends)
     b = read_json(bias_path)
     if "summary" not in b:
-        raise ValueError(f"{bias_path}: no 'summary'; expected the bias stage's output")
+        raise DataError(bias_path, None, "no 'summary'", "the bias stage's output")
     return Scores(sts, dict(b["summary"]), dict(b.get("tests") or {}), domain, backend, backends)
 
 
@@ -256,7 +258,7 @@ def reference_scores(params, variant: str, metrics_dir: Path | str, metrics_root
     for ref in params.domain_references(variant):
         domain = domain_of(ref) if domain_of is not None else load_domain(metrics_dir, ref)
         if not domain:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{Path(metrics_dir) / DOMAIN_JSON}: no results of the reference {ref!r}; rerun the evaluate "
                 f"stage (`dvc repro -f evaluate@{variant}` scores every register.domain.references)")
         out[ref] = base_scores(Path(metrics_root) / ref, [*params.evaluate.tasks], domain, backend)

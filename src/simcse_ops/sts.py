@@ -30,11 +30,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-
-TASK_ORDER = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb", "sickr")
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -124,7 +122,7 @@ def sts_dev_scorer(path: Path | str, split: str | None) -> DevScorer:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the dev set is missing; run the ingest stage first or pass --eval-data")
+        raise MissingInputError(f"{path}: the dev set is missing; run the ingest stage first or pass --eval-data")
     t = pq.read_table(path, columns=["split", "sentence1", "sentence2", "score"]).to_pydict()
     keep = [i for i, s in enumerate(t["split"]) if split is None or s == split]
     if not keep:
@@ -239,7 +237,7 @@ def read_pairs_file(path: Path | str) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such pairs file")
+        raise MissingInputError(f"{path}: no such pairs file")
     suffix = path.suffix.lower()
     try:
         text = path.read_bytes().decode("utf-8-sig")

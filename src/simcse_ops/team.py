@@ -47,7 +47,7 @@ from urllib.parse import quote
 import yaml
 
 from simcse_ops.config import Params, TeamConfig
-from simcse_ops.errors import ConfigError
+from simcse_ops.errors import EXIT_TEAM, UserError
 
 POSTGRES_SYSTEM_USER = "postgres"  # PostgreSQL refuses to run as root: Debian's package user
 DATABASES = ("mlflow", "prefect")
@@ -55,8 +55,12 @@ PREFECT_FILE = Path("flows") / "prefect.yaml"
 Log = Callable[[str], None]
 
 
-class TeamError(ConfigError):
-    """The stack could not be started or stopped; the message says what to do."""
+class TeamError(UserError, RuntimeError):
+    """The stack could not be started or stopped (a server that does not answer, PostgreSQL not
+    installed, the password variable unset); the message says what to do. Exit 5 (errors.py), not
+    a ConfigError: params.yaml may be right and the machine wrong."""
+
+    exit_status = EXIT_TEAM
 
 
 def team_password(cfg: TeamConfig) -> str:

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from simcse_ops.config import MlflowConfig
+from simcse_ops.errors import EXIT_STORE, UserError
 from simcse_ops.files import model_hash
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -74,10 +75,6 @@ def resolve_tracking_uri(root: Path, cfg: MlflowConfig) -> str:
     if env:
         return env
     return f"sqlite:///{(store_root(root) / cfg.store).resolve()}"
-
-
-def is_embedded(uri: str) -> bool:
-    return uri.startswith("sqlite:")
 
 
 def artifact_root(root: Path, cfg: MlflowConfig) -> str:
@@ -130,8 +127,11 @@ def get_experiment_id(client, root: Path, cfg: MlflowConfig) -> str:
 # Retries
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking/registry store could not be reached after all retries."""
+class TrackingUnavailable(UserError, RuntimeError):
+    """The tracking/registry store could not be reached after all retries; the message names the
+    store and how to start it. Exit 4 (errors.py)."""
+
+    exit_status = EXIT_STORE
 
 
 def is_connection_error(exc: BaseException) -> bool:

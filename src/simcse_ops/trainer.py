@@ -35,7 +35,7 @@ loss and update equal a single process's on the same global batch.
 
 Data order, checkpoints and resume: checkpoint.py. Parquet, tokenising and padding:
 training_data.py. Here: the step (`train_step`), the loop (`train`, whose run state is a
-`LoopState` handed to `evaluate_dev` and `save_checkpoint`), and the whole job (`run_training`).
+`LoopState` handed to `evaluate_and_checkpoint`), and the whole job (`run_training`).
 """
 
 from __future__ import annotations
@@ -330,16 +330,18 @@ def evaluated_weights(s: LoopState):
         s.encoder.load_state_dict(trained)
 
 
-def evaluate_dev(s: LoopState, selectable: bool = True) -> None:
+def evaluate_dev(s: LoopState, selectable: bool = True) -> bool:
     """Score the model on dev (rank 0) onto the curve; a selectable step that beats the best so
-    far becomes the best state (and best.pt when checkpointing)."""
-    if s.dev is None or not s.ctx.is_main:
-        return
-    with evaluated_weights(s):
-        _evaluate_dev(s, selectable)
+    far becomes the best state (and `best-<step>.pt` when checkpointing). True on every rank when
+    this step is a new best (the loop then checkpoints it: checkpoint.py's invariant)."""
+    new_best = False
+    if s.dev is not None and s.ctx.is_main:
+        with evaluated_weights(s):
+            new_best = _evaluate_dev(s, selectable)
+    return any(all_gather_object(new_best, s.ctx))
 
 
-def _evaluate_dev(s: LoopState, selectable: bool) -> None:
+def _evaluate_dev(s: LoopState, selectable: bool) -> bool:
     embed = make_embed_fn(s.encoder, s.tokenizer, s.dev.max_length, s.device, s.dev.batch_size, s.autocast)
     scorer = s.dev.scorer
     score = float(scorer.score(embed))
@@ -348,12 +350,14 @@ def _evaluate_dev(s: LoopState, selectable: bool) -> None:
     if not selectable:
         if s.step == 0 and scorer.parts:  # the start model: what a multi-task rule compares with
             scorer.reference.update(scorer.parts)
-        return
-    if s.result.best_dev_score is None or score > s.result.best_dev_score:
-        s.result.best_dev_score, s.result.best_step = score, s.step
-        s.best_state = {k: v.detach().cpu().clone() for k, v in s.encoder.state_dict().items()}
-        if s.cfg.checkpoint_steps:
-            save_best(s.ckpt_dir, s.step, score, s.best_state)
+        return False
+    if s.result.best_dev_score is not None and score <= s.result.best_dev_score:
+        return False
+    s.result.best_dev_score, s.result.best_step = score, s.step
+    s.best_state = {k: v.detach().cpu().clone() for k, v in s.encoder.state_dict().items()}
+    if s.cfg.checkpoint_steps:
+        save_best(s.ckpt_dir, s.step, score, s.best_state)
+    return True
 
 
 def save_checkpoint(s: LoopState) -> None:
@@ -368,6 +372,22 @@ def save_checkpoint(s: LoopState) -> None:
             best_dev_score=r.best_dev_score, train_s=s.train_s(), config=asdict(s.cfg),
         ).save_latest(s.ckpt_dir)
     barrier(s.ctx)
+
+
+def evaluate_and_checkpoint(s: LoopState, bar: Progress, total: int) -> None:
+    """After a step: score dev every `eval_steps` and at the last step, then checkpoint every
+    `checkpoint_steps`, at the last step and at every new best step (best-<step>.pt is already
+    written: checkpoint.py's invariant), so resume never starts before the best step."""
+    cfg, result = s.cfg, s.result
+    new_best = False
+    if s.dev is not None and ((cfg.eval_steps and s.step % cfg.eval_steps == 0) or s.step == total):
+        new_best = evaluate_dev(s)
+        if result.best_dev_score is not None:
+            bar.fields["best_dev"] = f"{result.best_dev_score:.2f} (step {result.best_step})"
+        bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f}" if s.ctx.is_main and result.dev_curve else "")
+    if cfg.checkpoint_steps and (new_best or s.step % cfg.checkpoint_steps == 0 or s.step == total):
+        save_checkpoint(s)
+        bar.log("checkpoint saved")
 
 
 def train(
@@ -438,14 +458,7 @@ def train(
         result.loss_curve.append({"step": s.step, "epoch": round(s.step / steps_per_epoch, 4),
                                   "loss": round(loss, 6), "lr": lr})
         bar.update(1, loss=f"{loss:.4f}")
-        if dev is not None and ((cfg.eval_steps and s.step % cfg.eval_steps == 0) or s.step == total):
-            evaluate_dev(s)
-            if result.best_dev_score is not None:
-                bar.fields["best_dev"] = f"{result.best_dev_score:.2f} (step {result.best_step})"
-            bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f}" if ctx.is_main and result.dev_curve else "")
-        if cfg.checkpoint_steps and (s.step % cfg.checkpoint_steps == 0 or s.step == total):
-            save_checkpoint(s)
-            bar.log("checkpoint saved")
+        evaluate_and_checkpoint(s, bar, total)
     bar.log("done")
     restore_attention(encoder.backbone, previous_attention)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from simcse_ops.config import ConfigError
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 
 # The text columns a training method reads from its sources, in forward-pass order.
 from simcse_ops.schemas import TRAINING_COLUMNS as COLUMNS  # method -> text columns, from the kind registry
@@ -47,7 +47,7 @@ def load_training_texts(
     for source in corpus:
         path = Path(data_dir) / f"{source}.parquet"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path}: training data for source {source!r} not found; run the dedup stage "
                 f"(or ingest) first, or pass --data with the folder that holds it"
             )

@@ -144,7 +144,7 @@ def make_st_embed_fn(model, loss_fn, batch_size: int):
 
 class _Checkpointer:
     """checkpoint.py's files for the TSDAE loop (one process): latest-only checkpoints of the
-    encoder and decoder (`loss_fn`), and best.pt with the encoder's best weights."""
+    encoder and decoder (`loss_fn`), and `best-<step>.pt` with the encoder's best weights."""
 
     def __init__(self, ckpt_dir: Path, fingerprint: str, cfg: VariantConfig, dev_metric: str | None) -> None:
         self.dir, self.fp, self.cfg, self.dev_metric = Path(ckpt_dir), fingerprint, cfg, dev_metric
@@ -173,7 +173,7 @@ class _Checkpointer:
 def evaluate_tsdae_dev(dev: DevScorer, embed, step: int, result: TrainResult, loss_fn, ckpt: _Checkpointer,
                        selectable: bool = True) -> dict | None:
     """Score dev onto the curve; returns the encoder's weights when a selectable step beats the
-    best so far (then also in best.pt), else None."""
+    best so far (then also in `best-<step>.pt`), else None."""
     score = float(dev.score(embed))
     result.dev_curve.append({"step": step, "dev_score": round(score, 4)})
     if selectable and (result.best_dev_score is None or score > result.best_dev_score):
@@ -245,12 +245,14 @@ def train_tsdae(
         result.loss_curve.append({"step": step, "epoch": round(step / steps_per_epoch, 4),
                                   "loss": round(loss, 6), "lr": lr})
         bar.update(1, loss=f"{loss:.4f}")
+        new_best = None
         if dev is not None and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total):
             new_best = evaluate_tsdae_dev(dev, embed, step, result, loss_fn, ckpt)
             best_state = best_state if new_best is None else new_best
             bar.fields["best_dev"] = f"{result.best_dev_score:.2f} (step {result.best_step})"
             bar.log(f"dev {result.dev_curve[-1]['dev_score']:.2f}")
-        if cfg.checkpoint_steps and (step % cfg.checkpoint_steps == 0 or step == total):
+        # A new best step is a checkpoint step (checkpoint.py's invariant): resume never starts before it.
+        if cfg.checkpoint_steps and (new_best is not None or step % cfg.checkpoint_steps == 0 or step == total):
             ckpt.save(step, steps_per_epoch, loss_fn, optimizer, scheduler, result,
                       prior_train_s + time.perf_counter() - t_train)
             bar.log("checkpoint saved")

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from simcse_ops.config import MlflowConfig, load_params
+from simcse_ops.errors import MissingInputError
 from simcse_ops.files import atomic_path
 from simcse_ops.store import alias_version, is_not_found, mlflow_client
 from simcse_ops.tracking import configure, retry
@@ -57,20 +58,20 @@ def _ensure_configured() -> MlflowConfig:
 
 
 def _find_version(client, uri: str, name: str, version: str | None, alias: str | None, mcfg: MlflowConfig):
-    """The registered version `uri` names (parsed: name, version, alias); FileNotFoundError when
+    """The registered version `uri` names (parsed: name, version, alias); MissingInputError when
     there is none."""
     import mlflow  # lazy: see _ensure_configured
 
     if alias is not None:
         mv = alias_version(client, name, alias, mcfg)
         if mv is None:
-            raise FileNotFoundError(f"{uri}: {name} has no alias {alias!r} in {mlflow.get_tracking_uri()}")
+            raise MissingInputError(f"{uri}: {name} has no alias {alias!r} in {mlflow.get_tracking_uri()}")
         return mv
     try:
         return retry(lambda: client.get_model_version(name, version), f"read {name} v{version}", mcfg)
     except Exception as e:
         if is_not_found(e):
-            raise FileNotFoundError(f"{uri}: no such version in {mlflow.get_tracking_uri()}") from e
+            raise MissingInputError(f"{uri}: no such version in {mlflow.get_tracking_uri()}") from e
         raise
 
 
@@ -95,7 +96,7 @@ def download_registered_model(uri: str, cache_dir: Path | str | None = None) -> 
                 f"download {name} v{mv.version}", mcfg)
             got = [p.parent for p in tmp.rglob("MLmodel")]
             if not got:
-                raise FileNotFoundError(f"{uri}: the download holds no MLmodel file")
+                raise MissingInputError(f"{uri}: the download holds no MLmodel file")
             if got[0] != tmp:  # flatten to dest/MLmodel
                 for p in got[0].iterdir():
                     p.rename(tmp / p.name)

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from simcse_ops.errors import EXIT_CONFIG
+from simcse_ops.errors import EXIT_CONFIG, UserError
 
 NODE_MODULES_ENV = "SIMCSE_OPS_NODE_MODULES"
 WEB_DIR = "web"
@@ -68,7 +68,7 @@ COMPANIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class WebAssetsMissing(ValueError):
+class WebAssetsMissing(UserError, ValueError):
     """The npm packages are not installed (or not all of them): a setup step to run, named in the
     message. A stage run through `errors.run_main` prints it on one line and exits 2."""
 

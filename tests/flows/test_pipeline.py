@@ -1,4 +1,5 @@
-"""`flows.pipeline`: stage order, DVC output in task logs, failures, retries and artifacts.
+"""`flows.pipeline`: stage order, DVC output in task logs, failures, retries and artifacts
+(the plan: tests/test_dvc_runner.py; the artifacts' contents: tests/test_flow_artifacts.py).
 
 Real DVC and a real (temporary) Prefect server; the stages are stand-ins (tests/flows/fake_project.py).
 """
@@ -13,23 +14,13 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from flows.pipeline import (
-    artifact_key,
-    domain_rows,
-    mlflow_run_url,
-    pipeline,
-    plan_stages,
-    publish_artifacts,
-    registry_file,
-    registry_markdown,
-    report_page,
-    sts_rows,
-)
+from flows.pipeline import pipeline, publish_artifacts
 from simcse_ops.config import ConfigError, load_params
 from simcse_ops.dvc_runner import DvcError, default_remote, stage_output
+from simcse_ops.flow_artifacts import registry_file, report_page
 from tests.flows.conftest import flow_run_logs, read_artifact
 from tests.flows.fake_project import DOMAIN_TASK, TASKS, calls, make_fake_project
-from tests.registry_support import tracking_env, write_domain
+from tests.registry_support import tracking_env
 
 
 def mlflow_artifact(project, run_id: str, path: str) -> str:
@@ -42,107 +33,9 @@ def mlflow_artifact(project, run_id: str, path: str) -> str:
             return f.read()
 
 
-def chain_graph(*variants: str) -> dict[str, set[str]]:
-    """The shape of the project's DAG: register@V also needs evaluate@base (the reference); the
-    ONNX export feeds evaluate@V (backend parity) and register@V (the pyfunc's artifact)."""
-    g = {"ingest": set(), "dedup": {"ingest"}, "validate": {"dedup", "ingest"}}
-    for v in variants:
-        g[f"train@{v}"] = {"dedup", "validate"}
-        g[f"export@{v}"] = {f"train@{v}"}
-        g[f"evaluate@{v}"] = {"ingest", f"train@{v}", f"export@{v}"}
-        g[f"bias@{v}"] = {"ingest", f"train@{v}"}
-        g[f"register@{v}"] = {f"train@{v}", f"export@{v}", f"evaluate@{v}", f"bias@{v}", "evaluate@base"}
-    return g
-
-
-def test_plan_runs_shared_stages_then_variant_by_variant():
-    g = chain_graph("base", "a")
-    assert plan_stages(g, ["base", "a"], ["base", "a"]) == [
-        "ingest", "dedup", "validate",
-        "train@base", "export@base", "evaluate@base", "bias@base", "register@base",
-        "train@a", "export@a", "evaluate@a", "bias@a", "register@a",
-    ]
-
-
-def test_plan_adds_what_dvc_says_is_upstream():
-    g = chain_graph("base", "a", "b")
-    assert plan_stages(g, ["b"], ["base", "a", "b"]) == [
-        "ingest", "dedup", "validate",
-        "train@base", "export@base", "evaluate@base",  # register@b compares with base
-        "train@b", "export@b", "evaluate@b", "bias@b", "register@b",
-    ]
-    del g["register@a"]  # a foreach over a subset of the variants: a's chain is shorter
-    assert plan_stages(g, ["a"], ["base", "a", "b"])[-4:] == ["train@a", "export@a", "evaluate@a", "bias@a"]
-
-
-def test_the_report_runs_last_without_pulling_in_other_variants():
-    g = chain_graph("base", "a", "b")
-    g["report"] = {f"{s}@{v}" for v in ("base", "a", "b") for s in ("train", "evaluate", "bias", "register")}
-    plan = plan_stages(g, ["b"], ["base", "a", "b"])
-    assert plan[-2:] == ["register@b", "report"]
-    assert "register@a" not in plan and "register@base" not in plan
-
-
-def test_plan_fails_on_a_missing_shared_stage_variant_or_a_cycle():
-    g = chain_graph("a")
-    del g["dedup"]
-    with pytest.raises(ConfigError, match="no stage.*dedup"):
-        plan_stages(g, ["a"])
-    with pytest.raises(ConfigError, match="no stage for variant 'b'"):
-        plan_stages(chain_graph("a"), ["b"])
-    g = chain_graph("base")
-    g["ingest"] = {"register@base"}
-    with pytest.raises(ConfigError, match="cycle"):
-        plan_stages(g, ["base"])
-
-
-def test_artifact_keys_and_links():
-    assert artifact_key("retrain-Bio_Med", "sts") == "retrain-bio-med-sts"
-    assert mlflow_run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
-    assert mlflow_run_url("http://h:5000", None, None) is None
-    md = registry_markdown("biomed", {"name": "simcse-biomed", "version": 4, "decision": "reject",
-                                      "promoted": False, "compared_to": "champion v3", "champion": 3,
-                                      "reasons": ["fail: avg 70.10 vs champion v3 71.00"],
-                                      "run_id": "abc"}, "http://h:5000")
-    assert "# simcse-biomed version 4: reject (not promoted)" in md
-    assert "champion now: version 3" in md
-    assert "fail: avg 70.10 vs champion v3 71.00" in md
-    assert "[abc](http://h:5000/#/runs/abc)" in md
-
-
-def test_domain_table_shows_bm25_base_champion_and_challenger_with_intervals(tmp_path):
-    folder = write_domain(tmp_path / "anywhere" / "biomed", "biomed", [1.0, 0.5, 0.0], [0.5, 0.5, 0.5])
-    decision = {"domain": {"pubmedqa_conclusion": {"metric": "ndcg@10", "challenger": 50.0, "champion": 48.25}}}
-    [row] = domain_rows(folder / "domain.json", "biomed", decision)
-    assert row == {"task": "pubmedqa_conclusion (primary)", "metric": "ndcg@10", "n": 3, "bm25": None,
-                   "base": "50.00 [49.00, 51.00]", "champion": "48.25", "challenger": "50.00 [49.00, 51.00]"}
-    assert domain_rows(tmp_path / "sup-nli" / "domain.json", "sup-nli", None) == []  # not evaluated: no table
-
-
-def test_sts_rows_read_the_given_files_and_skip_absent_ones(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({**{t: 1.0 for t in TASKS}, "avg": 1.0}))
-    rows = sts_rows({"a": tmp_path / "a.json", "b": tmp_path / "b.json"}, TASKS)
-    assert rows == [{"variant": "a", **{t: 1.0 for t in TASKS}, "avg": 1.0}]
-    (tmp_path / "c.json").write_text(json.dumps({"avg": 1.0}))
-    with pytest.raises(ValueError, match=r"c\.json: no figure for sts12"):
-        sts_rows({"c": tmp_path / "c.json"}, TASKS)
-
-
 @pytest.fixture()
 def project(tmp_path):
     return make_fake_project(tmp_path / "proj", retries=1)
-
-
-def test_the_registry_file_is_where_dvc_yaml_declares_it(project):
-    # The fake project keeps its results under results/V/: the path is dvc.yaml's, not the flow's.
-    assert registry_file(project, "biomed") == project / "results" / "biomed" / "registry.json"
-    dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace('[{"results/${key}/registry.json": {cache: false}}]', "[]"))
-    with pytest.raises(ConfigError, match=r"dvc\.yaml: stage 'register@biomed' declares no output "
-                                          r"named 'registry\.json'"):
-        registry_file(project, "biomed")
-    with pytest.raises(ConfigError, match=r"dvc\.yaml: no stage 'register@nope'"):
-        registry_file(project, "nope")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from simcse_ops import actions, registration, tracking
-from simcse_ops.errors import RegistryError
+from simcse_ops.errors import EXIT_STORE, RegistryError
 from simcse_ops.store import CHAMPION
 from tests.postgres_support import fresh_database
 from tests.registry_support import MlflowServer, export_st, free_port, make_project, tracking_env, write_metrics
@@ -185,7 +185,7 @@ def test_stage_fails_clearly_when_the_server_is_down(project, tmp_path):
          "--out", str(tmp_path / "registry.json")],
         env=env, capture_output=True, text=True, timeout=300, cwd=tracking_root(),
     )
-    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.returncode == EXIT_STORE, r.stderr[-2000:]  # TrackingUnavailable: its own status
     assert f"MLflow store http://127.0.0.1:{port} unreachable" in r.stderr
     assert "retry 3/3" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "registry.json").exists()

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simcse_ops.config import ConfigError, SourceConfig
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.readers.base import ReadContext
 from simcse_ops.readers.bias import read_crows_pairs_csv, read_seat_json
 from simcse_ops.readers.corpus import read_lines, read_pubmedqa_json, read_wikiextractor
@@ -140,7 +140,7 @@ def expand_paths(name: str, source: SourceConfig, data_root: Path, folders: bool
         else:
             matches = [full] if usable(full) else []
         if not matches:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{full}: no such file (sources.{name}.paths[{i}] = {pattern!r}, data root "
                 f"{data_root}); fix sources.{name}.paths in params.yaml or set data.root / "
                 f"$SIMCSE_DATA_ROOT"

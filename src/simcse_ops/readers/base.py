@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simcse_ops.errors import ConfigError, DataError
+from simcse_ops.errors import ConfigError, DataError, MissingInputError
 
 # How many skipped records a report keeps verbatim (the count is always exact).
 MAX_KEPT_ERRORS = 20
@@ -57,7 +57,7 @@ class ReadContext:
         """A file named by `sources.<source>.options.<option>`, relative to the data root."""
         path = self.data_root / rel
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path}: no such file (sources.{self.source}.options.{option} = {rel!r}, data root "
                 f"{self.data_root}); fix sources.{self.source}.options.{option} in params.yaml"
             )
@@ -77,7 +77,7 @@ class ReadContext:
 def read_bytes(path: Path, ctx: ReadContext) -> bytes:
     """The file's bytes (gunzipped for `.gz`); an empty file is an error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (source {ctx.source!r}; fix sources.{ctx.source}.paths)")
+        raise MissingInputError(f"{path}: not found (source {ctx.source!r}; fix sources.{ctx.source}.paths)")
     data = path.read_bytes()
     if path.suffix == ".gz":
         try:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from simcse_ops.errors import ConfigError, DataError
+from simcse_ops.errors import ConfigError, DataError, MissingInputError
 from simcse_ops.readers.base import (
     ReadContext,
     check_fraction,
@@ -328,11 +328,11 @@ def _beir_files(files: Sequence[Path], ctx: ReadContext) -> tuple[Path, Path, li
                             f"exactly one {what}: {BEIR_LAYOUT}", f"fix sources.{ctx.source}.paths")
         (path,) = found
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
+            raise MissingInputError(f"{path}: not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
                                     f"and qrels/<split>.tsv (fix sources.{ctx.source}.paths)")
     qrels = list(dict.fromkeys(qrels))
     if not qrels:
-        raise FileNotFoundError(f"no qrels/<split>.tsv file in sources.{ctx.source}.paths; "
+        raise MissingInputError(f"no qrels/<split>.tsv file in sources.{ctx.source}.paths; "
                                 f"expected {BEIR_LAYOUT}")
     return corpus.pop(), queries.pop(), qrels
 

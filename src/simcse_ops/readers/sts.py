@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from simcse_ops.errors import DataError
+from simcse_ops.errors import DataError, MissingInputError
 from simcse_ops.readers.base import (
     ReadContext,
     check_fields,
@@ -54,7 +54,7 @@ def read_semeval_sts(files: Sequence[Path], ctx: ReadContext) -> Iterator[dict]:
         gold_path = semeval_gold_path(path)
         subset = _SEMEVAL_INPUT.match(path.name).group(2)
         if not gold_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{gold_path}: gold file not found for {path}; the gold scores of "
                 f"STS.input.<subset>.txt must be in STS.gs.<subset>.txt beside it "
                 f"(fix sources.{ctx.source}.paths)"
