@@ -58,6 +58,12 @@ CONFIGS: dict[str, dict] = {
     # pairs-qa-from-wiki, scored every 2 steps for 2 epochs: the selection rule sees the early steps
     "pairs-qa-from-wiki-fine": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
                                 "epochs": 2, "eval_steps": 2, "base_model": "models/unsup-wiki"},
+    # issue 23, round 3: gentler than pairs-qa-from-wiki-fine (BIOSSES 0.04 beyond its tolerance, test
+    # +1.10 over unsup-wiki), which interpolation 0.5 / 0.7 overshot (test +0.58 / +0.52)
+    # interpolation 0.8, scored every 2 steps for 2 epochs
+    "pairs-qa-from-wiki-wise80-fine": {**PAIRS, "corpus": ["pubmedqa_qa_pairs"], "batch_size": 32, "lr": 3e-5,
+                                       "epochs": 2, "eval_steps": 2, "base_model": "models/unsup-wiki",
+                                       "interpolation": 0.8},
     # two stages: unsupervised SimCSE on the domain sentences, then the mined pairs
     "two-stage": {"method": "unsup", "corpus": ["pubmedqa"], "mlp": True, "batch_size": 64, "eval_steps": 15,
                   "checkpoint_steps": 0,
