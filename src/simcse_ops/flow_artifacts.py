@@ -7,7 +7,6 @@ flows/*.py create the artifacts from what these return.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from simcse_ops.dvc_runner import REPORT_STAGE, load_stage_files, stage_output
 from simcse_ops.errors import ConfigError
+from simcse_ops.files import read_json
 from simcse_ops.report import PAGE as REPORT_PAGE
 
 
@@ -31,7 +31,7 @@ def sts_rows(paths: Mapping[str, Path], tasks: Sequence[str]) -> list[dict[str, 
     for v, path in paths.items():
         if not path.is_file():
             continue
-        scores = json.loads(path.read_text(encoding="utf-8"))
+        scores = read_json(path)
         missing = [t for t in [*tasks, "avg"] if t not in scores]
         if missing:
             raise ValueError(f"{path}: no figure for {', '.join(missing)}; expected {', '.join(tasks)}, avg")
@@ -77,7 +77,7 @@ def domain_rows(path: Path, variant: str, decision: dict[str, Any] | None) -> li
     tasks (or not evaluated yet)."""
     if not path.is_file():
         return []
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary = read_json(path)
     gated = (decision or {}).get("domain") or {}
     rows = []
     for name, t in summary.get("tasks", {}).items():  # not `task`: that is Prefect's decorator
@@ -104,10 +104,8 @@ def domain_rows(path: Path, variant: str, decision: dict[str, Any] | None) -> li
 
 
 def read_optional_json(path: Path) -> dict[str, Any] | None:
-    """The JSON file at `path`; None when it does not exist (its stage has not run)."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON file at `path` (`files.read_json`); None when it does not exist (its stage has not run)."""
+    return read_json(path) if path.is_file() else None
 
 
 def registry_file(workspace: Path, variant: str) -> Path:
