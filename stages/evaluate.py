@@ -3,7 +3,9 @@ with `backends` in sts.json: the same tasks with the ONNX graphs of exports/<var
 onnx-int8), their parity to torch and whether onnx-int8 is offered (serve.int8_max_drop);
 the variant's domain tasks (with the base encoder and BM25 scored in the same run) ->
 metrics/<variant>/domain.json, domain_items.json (per query / pair, for the gate) and
-domain_tasks.csv (bar plot). A variant without domain tasks writes them empty."""
+domain_tasks.csv (bar plot). A variant without domain tasks writes them empty. The encode
+times go to metrics/<variant>/timing.json, so that sts.json and domain.json change only when a
+score does (`evaluation.split_wall_times`)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from simcse_ops.backend_eval import evaluate_backends
 from simcse_ops.config import load_params
 from simcse_ops.errors import MissingInputError, run_main
-from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model
+from simcse_ops.evaluation import domain_plot_rows, evaluate_domain, evaluate_model, split_wall_times
 from simcse_ops.files import atomic_path, write_json
 from simcse_ops.progress import configure_logging
 
@@ -34,9 +36,9 @@ def write_csv(path: Path, header: list[str], rows: list) -> None:
 
 
 def run_domain(params, variant: str, model: str, baseline: str | None, baseline_model: str | None,
-               data: Path, out: Path, reference_models: Path | None = None) -> None:
+               data: Path, reference_models: Path | None = None) -> tuple[dict, dict]:
     """Score the variant's domain tasks, beside its references (register.domain.references, the
-    base variant first), and write domain.json, domain_items.json, domain_tasks.csv."""
+    base variant first) -> (domain.json, domain_items.json) mappings."""
     v = params.variant(variant)
     if v.domain_tasks:
         if variant == baseline:
@@ -55,12 +57,7 @@ def run_domain(params, variant: str, model: str, baseline: str | None, baseline_
     else:
         summary = {"variant": variant, "primary": None, "models": [], "tasks": {}}
         items = {"tasks": {}}
-    write_json(out / "domain_items.json", items)
-    write_json(out / "domain.json", summary)
-    write_csv(out / "domain_tasks.csv", ["task", "model", "value"], domain_plot_rows(summary))
-    for t, task in summary["tasks"].items():
-        cells = "  ".join(f"{m} {r['metrics'][task['metric']]:.2f}" for m, r in task["results"].items())
-        print(f"evaluate@{variant}: {t} ({task['metric']}, n={task['n']}): {cells}")
+    return summary, items
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,17 +90,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.exports is not None:  # after the torch fields, which stay as they were
         log.info("evaluate@%s: the STS tasks with the ONNX backends of %s", args.variant, args.exports)
         result["backends"] = evaluate_backends(params, args.model, args.exports, args.data, result)
-    write_json(args.out / "sts.json", result)
-
-    write_csv(args.out / "sts_tasks.csv", ["task", "spearman"],
-              [[t, result[t]] for t in [*params.evaluate.tasks, "avg"]])
     if params.variant(args.variant).domain_tasks:
         log.info("evaluate@%s: domain tasks %s", args.variant, ", ".join(params.variant(args.variant).domain_tasks))
-    run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data, args.out,
-               args.reference_models)
+    summary, items = run_domain(params, args.variant, args.model, args.baseline, args.baseline_model, args.data,
+                                args.reference_models)
 
+    result, summary, timing = split_wall_times(result, summary)
+    write_json(args.out / "sts.json", result)
+    write_csv(args.out / "sts_tasks.csv", ["task", "spearman"],
+              [[t, result[t]] for t in [*params.evaluate.tasks, "avg"]])
+    write_json(args.out / "domain_items.json", items)
+    write_json(args.out / "domain.json", summary)
+    write_csv(args.out / "domain_tasks.csv", ["task", "model", "value"], domain_plot_rows(summary))
+    write_json(args.out / "timing.json", timing)
+
+    for t, task in summary["tasks"].items():
+        cells = "  ".join(f"{m} {r['metrics'][task['metric']]:.2f}" for m, r in task["results"].items())
+        print(f"evaluate@{args.variant}: {t} ({task['metric']}, n={task['n']}): {cells}")
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])
-    print(f"evaluate@{args.variant}: {table}  ({result['timing']['total_s']:.0f} s)")
+    print(f"evaluate@{args.variant}: {table}  ({timing['sts']['total_s']:.0f} s)")
     for name, b in result.get("backends", {}).items():
         if name != "torch":
             offered = "" if "offered" not in b else f"  offered: {b['offered']} ({b['reason']})"

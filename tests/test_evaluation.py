@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simcse_ops.config import StsTaskConfig
-from simcse_ops.evaluation import evaluate_model, load_task
+from simcse_ops.evaluation import evaluate_model, load_task, split_wall_times
 from simcse_ops.readers import read_source
 
 
@@ -193,3 +193,23 @@ def test_references_are_scored_beside_the_variant(params, domain_data, tiny_mode
         assert set(t["vs_references"]) == {"base", "unsup-wiki"}
         assert t["vs_references"]["unsup-wiki"]["diff"] == 0.0  # the same encoder
     assert len(items["tasks"]["biosses"]["unsup-wiki"]["gold"]) == 50
+
+
+def test_split_wall_times_moves_every_time_out_and_leaves_its_inputs_alone():
+    sts = {"stsb": 80.0, "avg": 80.0, "timing": {"encode_s": 1.5, "total_s": 2.0},
+           "backends": {"torch": {"avg": 80.0}, "onnx": {"avg": 79.9, "parity": {"min": 0.999}, "encode_s": 0.7}}}
+    summary = {"variant": "biomed", "tasks": {"mqp": {"metric": "ap", "results": {
+        "biomed": {"metrics": {"ap": 90.0}, "ci": {}, "timing": {"encode_s": 0.1, "total_s": 0.2}},
+        "bm25": {"metrics": {"ap": 70.0}, "ci": {}, "timing": {"total_s": 0.05}}}}}}
+    before = json.dumps([sts, summary], sort_keys=True)
+
+    out_sts, out_summary, timing = split_wall_times(sts, summary)
+
+    assert json.dumps([sts, summary], sort_keys=True) == before  # inputs untouched
+    assert "timing" not in out_sts and "encode_s" not in out_sts["backends"]["onnx"]
+    assert out_sts["backends"]["onnx"]["parity"] == {"min": 0.999}
+    assert all("timing" not in r for r in out_summary["tasks"]["mqp"]["results"].values())
+    assert timing == {"sts": {"encode_s": 1.5, "total_s": 2.0}, "backends": {"onnx": {"encode_s": 0.7}},
+                      "domain": {"mqp": {"biomed": {"encode_s": 0.1, "total_s": 0.2}, "bm25": {"total_s": 0.05}}}}
+    # a variant without domain tasks and a run without exports
+    assert split_wall_times({"avg": 1.0, "timing": {}}, {"tasks": {}})[2] == {"sts": {}, "backends": {}, "domain": {}}

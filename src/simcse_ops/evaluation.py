@@ -214,6 +214,31 @@ def evaluate_domain(params: Params, variant: str, models: dict[str, str | Path],
     return summary, {"tasks": items}
 
 
+def split_wall_times(sts: dict, summary: dict) -> tuple[dict, dict, dict]:
+    """(sts.json, domain.json, timing.json) from `evaluate_model`'s result (with `backends`) and
+    `evaluate_domain`'s summary: the wall-clock fields move to the third mapping, the inputs are
+    not changed.
+
+    sts.json and domain.json must be functions of the models and the data alone. Every register@V
+    depends on the base variant's sts.json (the gate's reference), so if a rerun of evaluate@base
+    that only re-timed its encodes rewrote it, DVC would rerun, and re-register, every variant.
+    timing.json is what no stage reads: `timing` of the torch run, `backends.<name>.encode_s`, and
+    per domain task and model its `timing`.
+    """
+    sts = dict(sts)
+    timing: dict = {"sts": sts.pop("timing", {}), "backends": {}, "domain": {}}
+    if "backends" in sts:
+        sts["backends"] = {name: dict(b) for name, b in sts["backends"].items()}
+        for name, b in sts["backends"].items():
+            if "encode_s" in b:
+                timing["backends"][name] = {"encode_s": b.pop("encode_s")}
+    summary = {**summary, "tasks": {t: dict(task) for t, task in summary.get("tasks", {}).items()}}
+    for t, task in summary["tasks"].items():
+        task["results"] = {label: dict(r) for label, r in task.get("results", {}).items()}
+        timing["domain"][t] = {label: r.pop("timing") for label, r in task["results"].items() if "timing" in r}
+    return sts, summary, timing
+
+
 def domain_plot_rows(summary: dict) -> list[tuple[str, str, float]]:
     """(task, model, headline metric) rows for the DVC bar plot."""
     return [(t, label, r["metrics"][task["metric"]])
