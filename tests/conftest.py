@@ -62,6 +62,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    """The tiny BERT's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
 def tiny_export_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """`backends.export_onnx(tiny_model_dir, ...)`: the ONNX graphs of the tiny BERT, as
     export@<variant> writes them to exports/<variant>."""

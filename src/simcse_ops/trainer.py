@@ -79,14 +79,8 @@ from simcse_ops.encoder import pick_device, resolve_model
 from simcse_ops.files import atomic_path, model_hash, write_json
 from simcse_ops.hardware import Precision, autocast, describe_device, precision_record, resolve_precision
 from simcse_ops.loss import info_nce
-from simcse_ops.model import (
-    SimCSEEncoder,
-    _base_st_info,
-    export_sentence_transformer,
-    restore_attention,
-    use_fast_attention_dropout,
-    use_fast_dropout,
-)
+from simcse_ops.fast_dropout import restore_attention, use_fast_attention_dropout, use_fast_dropout
+from simcse_ops.model import SimCSEEncoder, _base_st_info, export_sentence_transformer
 from simcse_ops.progress import Progress
 from simcse_ops.sts import DevScorer
 from simcse_ops.training_data import (

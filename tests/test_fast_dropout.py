@@ -1,4 +1,5 @@
-"""model.py's use of transformers internals (FAST_ATTENTION) is guarded, and falls back safely.
+"""FastDropout (simcse_ops.fast_dropout): the mask statistics, its gradient, the module swap, and
+the attention function built on transformers internals, guarded and falling back safely.
 
 `FAST_ATTENTION` registers an attention function built on transformers internals
 (`integrations.sdpa_attention.sdpa_attention_forward`, `masking_utils.sdpa_mask`,
@@ -12,22 +13,25 @@ from __future__ import annotations
 
 import importlib
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-import simcse_ops.model as model_mod
-from simcse_ops.model import (
+import simcse_ops.fast_dropout as fd_mod
+from simcse_ops.fast_dropout import (
     FAST_ATTENTION,
-    SimCSEEncoder,
+    FastDropout,
+    _fast_dropout_attention,
     fast_attention_supported,
+    fast_dropout,
     register_fast_attention,
     restore_attention,
     use_fast_attention_dropout,
+    use_fast_dropout,
 )
+from simcse_ops.model import SimCSEEncoder, export_sentence_transformer
+from tests.test_model import _batch, _encoder
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run.", "The cat sleeps on the warm red sofa today."]
 
@@ -37,7 +41,7 @@ def _version() -> str:
 
 
 def _fail_message(reason: str) -> str:
-    return (f"{reason}; update simcse_ops/model.py's fast attention (fast_attention_supported, "
+    return (f"{reason}; update simcse_ops/fast_dropout.py's fast attention (fast_attention_supported, "
             f"_fast_dropout_attention) or pin transformers<{_version()}")
 
 
@@ -76,7 +80,7 @@ def test_transformers_calls_the_fast_attention_as_it_calls_sdpa(tiny_model_dir, 
     ref = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
 
     calls = []
-    real = model_mod.fast_dropout
+    real = fd_mod.fast_dropout
 
     def spy(x, p):
         calls.append(tuple(x.shape))
@@ -86,7 +90,7 @@ def test_transformers_calls_the_fast_attention_as_it_calls_sdpa(tiny_model_dir, 
     assert previous == "sdpa" and backbone.config._attn_implementation == FAST_ATTENTION
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(model_mod, "fast_dropout", spy)
+            mp.setattr(fd_mod, "fast_dropout", spy)
             out = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     finally:
         restore_attention(backbone, previous)
@@ -130,13 +134,13 @@ BREAKAGES = {
 @pytest.fixture(params=sorted(BREAKAGES))
 def broken_internals(request, monkeypatch):
     module, attr, replacement, named = BREAKAGES[request.param]
-    obj = importlib.import_module(module)  # the module object transformers and model.py see now
+    obj = importlib.import_module(module)  # the module object transformers and fast_dropout.py see now
     getattr(obj, attr)  # materialise a lazily imported attribute before patching it
     if replacement == "DELETE":
         monkeypatch.delattr(obj, attr)
     else:
         monkeypatch.setattr(obj, attr, replacement)
-    monkeypatch.setattr(model_mod, "_fallback_warned", set())
+    monkeypatch.setattr(fd_mod, "_fallback_warned", set())
     return named
 
 
@@ -155,14 +159,14 @@ def test_fallback_keeps_sdpa_and_trains_with_native_dropout(broken_internals, ti
     def no_fast_dropout(x, p):
         raise AssertionError("the fast attention path ran although the internals changed")
 
-    monkeypatch.setattr(model_mod, "fast_dropout", no_fast_dropout)
+    monkeypatch.setattr(fd_mod, "fast_dropout", no_fast_dropout)
     # Attention dropout only (no hidden dropout): any randomness below is torch's SDPA dropout.
     encoders = [SimCSEEncoder(_backbone(tiny_model_dir, hidden_dropout_prob=0.0), pooler="avg") for _ in range(2)]
-    with caplog.at_level(logging.WARNING, logger="simcse_ops.model"):
+    with caplog.at_level(logging.WARNING, logger="simcse_ops.fast_dropout"):
         previous = [use_fast_attention_dropout(enc.backbone) for enc in encoders]  # must not raise
     assert previous == [None, None]
     assert all(enc.backbone.config._attn_implementation == "sdpa" for enc in encoders)
-    warnings = [r for r in caplog.records if r.name == "simcse_ops.model" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "simcse_ops.fast_dropout" and r.levelno == logging.WARNING]
     assert len(warnings) == 1, "the fallback warning is logged once"
     assert broken_internals in warnings[0].getMessage() and "native" in warnings[0].getMessage()
     restore_attention(encoders[0].backbone, previous[0])  # None: a no-op, as trainer.py calls it
@@ -183,8 +187,85 @@ def test_fallback_keeps_sdpa_and_trains_with_native_dropout(broken_internals, ti
     assert enc.backbone.embeddings.word_embeddings.weight.grad is not None
 
 
-def test_encoder_does_not_import_model():
-    """model.py imports simcse_ops.encoder at module level; the reverse would be an import cycle."""
-    code = "import sys, simcse_ops.encoder; assert 'simcse_ops.model' not in sys.modules, 'encoder imports model'"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+# --- FastDropout itself, and on an encoder --------------------------------------------------
+
+def test_fast_dropout_keeps_one_minus_p_and_scales():
+    torch.manual_seed(0)
+    drop = FastDropout(0.1).train()
+    x = torch.ones(400_000)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.003  # binomial sd 0.0005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    assert abs(y.mean().item() - 1.0) < 0.004  # inverted dropout keeps the expectation
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # drawn from torch's seeded generator: replayable
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
+def test_fast_dropout_gradient_is_the_mask():
+    torch.manual_seed(1)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = FastDropout(0.25).train()(x)
+    y.sum().backward()
+    expected = (y.detach() != 0).float() / 0.75
+    assert torch.allclose(x.grad, expected)
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_the_weights(tiny_model_dir, tokenizer):
+    enc = _encoder(tiny_model_dir, "avg")
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    ids, mask = _batch(tokenizer)
+    ref = enc(ids, mask)
+    n = use_fast_dropout(enc)
+    assert n > 0 and not any(type(m) is torch.nn.Dropout for m in enc.modules())
+    assert enc.state_dict().keys() == before.keys()
+    assert all(torch.equal(enc.state_dict()[k], v) for k, v in before.items())
+    torch.testing.assert_close(enc(ids, mask), ref)  # eval mode: no dropout either way
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(ids, mask)
+    torch.manual_seed(0)
+    assert torch.equal(enc(ids, mask), a) and not torch.allclose(a, ref)  # dropout active, seeded
+
+
+def test_fast_attention_matches_sdpa_without_dropout_and_replays_its_mask(tiny_model_dir, tokenizer):
+    enc = _encoder(tiny_model_dir, "avg")
+    ids, mask = _batch(tokenizer)
+    ref = enc(ids, mask)
+    previous = use_fast_attention_dropout(enc.backbone)
+    assert previous == "sdpa" and enc.backbone.config._attn_implementation == FAST_ATTENTION
+    torch.testing.assert_close(enc(ids, mask), ref)  # eval: delegated to SDPA
+
+    # Training with dropout: softmax(q k^T s + mask) with fast_dropout's mask, then times v.
+    layer = enc.backbone.encoder.layer[0].attention.self
+    layer.train()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=g) for _ in range(3))
+    keep = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    keep[0, ..., 5:] = False  # padding keys of the first row
+    torch.manual_seed(5)
+    out, _ = _fast_dropout_attention(layer, q, k, v, keep, dropout=0.2, scaling=0.3)
+    probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~keep, torch.finfo(q.dtype).min), dim=-1)
+    torch.manual_seed(5)
+    expected = (fast_dropout(probs, 0.2) @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    assert (out[0] != 0).any() and out.shape == (3, 7, 2, 8)
+    # no dropout: exactly SDPA's function
+    torch.testing.assert_close(_fast_dropout_attention(layer, q, k, v, keep, dropout=0.0, scaling=0.3)[0],
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v, keep, scale=0.3).transpose(1, 2))
+    restore_attention(enc.backbone, previous)
+    assert enc.backbone.config._attn_implementation == "sdpa"
+
+
+def test_export_never_saves_the_training_attention(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    enc = _encoder(tiny_model_dir, "avg")
+    assert use_fast_attention_dropout(enc.backbone) == "sdpa"
+    out = export_sentence_transformer(enc, AutoTokenizer.from_pretrained(str(tiny_model_dir)), tmp_path / "m",
+                                      base_model=str(tiny_model_dir))
+    assert FAST_ATTENTION not in (out / "config.json").read_text()
