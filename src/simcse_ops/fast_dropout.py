@@ -19,7 +19,8 @@ Two pieces, switched on by `trainer.configure_dropout` when a variant's `dropout
   `fast_attention_supported` checks each of them first; when they changed, a warning is logged
   once and the backbone keeps SDPA (torch's attention dropout: same model, slower).
 
-What it buys and what it costs in STS, measured over seeds: README "Dropout" (benchmarks/dropout_impl.py).
+What it buys and costs, measured over 3 seeds per method (benchmarks/dropout_impl.py): README,
+Training > Results: no measurable STS cost, training 1.26x faster on x86 AMX.
 """
 
 from __future__ import annotations
