@@ -127,3 +127,22 @@ def test_encoder_does_not_import_model():
     code = "import sys, simcse_ops.encoder; assert 'simcse_ops.model' not in sys.modules, 'encoder imports model'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_exported_tokenizer_does_not_depend_on_its_last_call(tiny_model_dir, tmp_path):
+    """A fast tokenizer saves the truncation / padding of its last call: after a training batch
+    (32 tokens) and after a dev evaluation (padded, full length) the export must be the same file,
+    set to the model's inference length (a run resumed at its end evaluates nothing before export)."""
+    from transformers import AutoTokenizer
+
+    enc = _encoder(tiny_model_dir, "avg")
+    outs = []
+    for i, call in enumerate([dict(truncation=True, max_length=32), dict(padding="max_length", truncation=True,
+                                                                          max_length=128)]):
+        tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+        tok(SENTENCES, **call)
+        outs.append(export_sentence_transformer(enc, tok, tmp_path / f"m{i}", base_model=str(tiny_model_dir)))
+    a, b = ((o / "tokenizer.json").read_bytes() for o in outs)
+    assert a == b
+    saved = json.loads(a)
+    assert saved["truncation"]["max_length"] == 128 and saved["padding"] is None

@@ -180,6 +180,14 @@ def export_sentence_transformer(
             backbone.save_pretrained(raw, safe_serialization=True)
         finally:
             backbone.config.output_hidden_states = old_flag
+        # A fast tokenizer keeps the truncation and padding of its last call (a training batch at
+        # 32 tokens, or a dev evaluation) and saves them in tokenizer.json: save the inference
+        # state instead, so the export does not depend on what ran last (a run resumed at its end
+        # evaluates nothing) and a plain `tokenizers` user truncates at the model's length.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_padding()
+            backend.enable_truncation(max_length=seq_len)
         tokenizer.save_pretrained(raw)
         modules: list[nn.Module] = [Transformer(raw, max_seq_length=seq_len)]
         if encoder.pooler == "avg_first_last":
