@@ -1,4 +1,4 @@
-"""simcse_ops.backends: ONNX export, ONNX encoders equal to the torch model, backend selection."""
+"""simcse_ops.backends: ONNX and OpenVINO export, encoders equal to the torch model, backend selection."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from simcse_ops.backends import (
     BACKENDS,
     INT8_FILE,
     ONNX_FILE,
+    OV_FILE,
+    OV_INT8_FILE,
     SETTINGS_FILE,
     OnnxEncoder,
+    OpenVinoEncoder,
+    calibration_sample,
     export_onnx,
     load_encoder,
     parity,
@@ -48,7 +52,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-onnx") / "onnx"
-    export_onnx(tiny_model_dir, out)
+    export_onnx(tiny_model_dir, out, calibration=SENTENCES)
     return out
 
 
@@ -60,13 +64,19 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 # Export
 
 
-def test_export_writes_two_graphs_and_their_settings(tiny_model_dir, tiny_onnx):
+def test_export_writes_four_graphs_and_their_settings(tiny_model_dir, tiny_onnx):
     import onnx
     import onnxruntime
+    import openvino
     import torch
 
-    assert sorted(p.name for p in tiny_onnx.iterdir()) == sorted([ONNX_FILE, INT8_FILE, SETTINGS_FILE])
+    ov_files = [OV_FILE, OV_FILE.replace(".xml", ".bin"), OV_INT8_FILE, OV_INT8_FILE.replace(".xml", ".bin")]
+    assert sorted(p.name for p in tiny_onnx.iterdir()) == sorted([ONNX_FILE, INT8_FILE, SETTINGS_FILE, *ov_files])
     info = json.loads((tiny_onnx / SETTINGS_FILE).read_text())
+    assert info["versions"]["openvino"] == openvino.__version__
+    assert info["openvino_int8"]["calibrated_on"] == len(SENTENCES)
+    # the OpenVINO int8 graph leaves the same feed-forward MatMuls out as the onnxruntime one
+    assert sorted(info["openvino_int8"]["skipped_nodes"]) == sorted(info["int8"]["excluded_nodes"])
     assert info["opset"] == backends.OPSET
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["onnx"] == onnx.__version__
@@ -94,6 +104,43 @@ def test_export_writes_two_graphs_and_their_settings(tiny_model_dir, tiny_onnx):
     fp32_weights = {t.name for t in q_graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     # every weight matrix is 8-bit: the MatMuls left are the attention's, of two activations
     assert not [n.name for n in q_graph.node if n.op_type == "MatMul" and n.input[1] in fp32_weights]
+
+
+def test_openvino_int8_quantises_every_matmul_but_the_feed_forward_ones(tiny_onnx):
+    """Static int8: a FakeQuantize (calibrated int8 range) on the inputs of the attention's
+    query / key / value MatMuls, none on the skipped feed-forward MatMuls' inputs."""
+    import openvino as ov
+
+    info = json.loads((tiny_onnx / SETTINGS_FILE).read_text())
+    skipped = set(info["openvino_int8"]["skipped_nodes"])
+    model = ov.Core().read_model(str(tiny_onnx / OV_INT8_FILE))
+    quantized = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "MatMul":
+            sources = {op.input_value(0).get_node().get_type_name(), op.input_value(1).get_node().get_type_name()}
+            quantized[op.get_friendly_name()] = "FakeQuantize" in sources or "Convert" in sources
+    assert skipped and skipped <= set(quantized)
+    assert not any(quantized[n] for n in skipped)
+    for layer in (0, 1):  # the query, key and value projections read calibrated int8 inputs
+        assert all(quantized[f"/model/encoder/layer.{layer}/attention/self/{w}/MatMul"] for w in ("query", "key", "value"))
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fq and all(op.get_attributes()["levels"] in (255, 256) for op in fq)
+
+
+def test_an_export_without_calibration_sentences_says_why_it_has_no_openvino_int8(tiny_export_dir):
+    info = json.loads((tiny_export_dir / SETTINGS_FILE).read_text())
+    assert "no calibration sentences" in info["openvino_int8"]["absent"]
+    assert not (tiny_export_dir / OV_INT8_FILE).exists() and (tiny_export_dir / OV_FILE).is_file()
+
+
+def test_calibration_sample_is_seeded_distinct_and_from_every_column():
+    texts = {"anchor": [f"question {i}" for i in range(50)] + ["", "  "],
+             "positive": [f"answer {i}" for i in range(50)] + ["question 3"]}
+    sample = calibration_sample(texts, 30, seed=0)
+    assert len(sample) == len(set(sample)) == 30 and "" not in sample and "  " not in sample
+    assert sample == calibration_sample(texts, 30, seed=0) != calibration_sample(texts, 30, seed=1)
+    assert {s.split()[0] for s in sample} == {"question", "answer"}
+    assert sorted(calibration_sample(texts, 1000, seed=0)) == sorted({*texts["anchor"][:50], *texts["positive"][:50]})
 
 
 def test_export_of_a_missing_folder_says_what_to_do(tmp_path):
@@ -146,6 +193,31 @@ def test_onnx_keeps_the_input_order(tiny_model_dir, tiny_onnx):
 def test_onnx_int8_stays_close_to_torch(tiny_model_dir, tiny_onnx):
     torch_emb = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES)
     int8_emb = load_encoder(tiny_model_dir, "onnx-int8", onnx_dir=tiny_onnx, threads=1).encode(SENTENCES)
+    assert parity(torch_emb, int8_emb)["mean"] >= 0.99
+
+
+def test_openvino_in_fp32_matches_torch_and_at_the_cpu_precision_stays_within_parity(tiny_model_dir, tiny_onnx):
+    torch_emb = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES, batch_size=3)
+    f32 = OpenVinoEncoder(tiny_model_dir, tiny_onnx / OV_FILE, threads=1, precision="f32")
+    assert f32.precision == "f32"
+    np.testing.assert_allclose(f32.encode(SENTENCES, batch_size=3), torch_emb, rtol=1e-4, atol=1e-5)
+    native = load_encoder(tiny_model_dir, "openvino", onnx_dir=tiny_onnx, threads=1)
+    assert native.precision in ("f32", "bf16", "f16")  # the plugin's default for this CPU
+    assert _min_cosine(torch_emb, native.encode(SENTENCES, batch_size=3)) >= 0.999
+
+
+def test_openvino_keeps_the_input_order_with_batches_in_flight(tiny_model_dir, tiny_onnx):
+    enc = OpenVinoEncoder(tiny_model_dir, tiny_onnx / OV_FILE, threads=2, precision="f32")
+    emb = enc.encode(SENTENCES, batch_size=1)  # 8 requests through the queue
+    perm = [5, 0, 7, 3, 1, 6, 2, 4]
+    np.testing.assert_allclose(enc.encode([SENTENCES[i] for i in perm], batch_size=1), emb[perm], atol=1e-5)
+    np.testing.assert_allclose(enc.encode(SENTENCES, batch_size=3), emb, atol=1e-5)
+    assert enc.encode([], batch_size=3).shape == (0, 32)
+
+
+def test_openvino_int8_stays_close_to_torch(tiny_model_dir, tiny_onnx):
+    torch_emb = encode(load_sentence_transformer(tiny_model_dir, device="cpu"), SENTENCES)
+    int8_emb = load_encoder(tiny_model_dir, "openvino-int8", onnx_dir=tiny_onnx, threads=1).encode(SENTENCES)
     assert parity(torch_emb, int8_emb)["mean"] >= 0.99
 
 
@@ -288,14 +360,16 @@ def test_unsupported_pooling_or_module_is_a_clear_error(tmp_path):
 
 
 def test_unknown_backend_lists_the_known_ones(tiny_model_dir):
-    with pytest.raises(ValueError, match=r"'tensorrt'.*torch, onnx, onnx-int8"):
+    with pytest.raises(ValueError, match=r"'tensorrt'.*torch, onnx, onnx-int8, openvino, openvino-int8"):
         load_encoder(tiny_model_dir, "tensorrt")
-    assert BACKENDS == ("torch", "onnx", "onnx-int8")
+    assert BACKENDS == ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 
 def test_onnx_backend_without_an_export_says_how_to_make_one(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model_int8\.onnx.*export_onnx"):
         load_encoder(tiny_model_dir, "onnx-int8", onnx_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"openvino_model_int8\.xml.*export_onnx"):
+        load_encoder(tiny_model_dir, "openvino-int8", onnx_dir=tmp_path)
 
 
 def test_torch_backend_is_encoder_encode(tiny_model_dir):
@@ -327,7 +401,8 @@ def test_parity_is_per_sentence_cosine():
 @pytest.mark.slow
 def test_default_encoder_backends_agree_on_sts_sentences(params, data_root, tmp_path):
     """all-MiniLM-L6-v2 on 300 STS-B sentences spread over every length: per-sentence cosine to
-    torch >= 0.9999 for ONNX fp32 and >= 0.99 for ONNX int8, for every sentence (the minimum)."""
+    torch >= 0.9999 for ONNX fp32, >= 0.999 for OpenVINO (at this CPU's precision) and >= 0.99 for
+    ONNX int8 and OpenVINO static int8, for every sentence (the minimum)."""
     table = read_source("stsb", params.sources["stsb"], data_root)
     pool = sorted(set(table.column("sentence1").to_pylist() + table.column("sentence2").to_pylist()),
                   key=lambda s: (len(s), s))
@@ -335,10 +410,14 @@ def test_default_encoder_backends_agree_on_sts_sentences(params, data_root, tmp_
     np.random.default_rng(0).shuffle(sentences)  # the encoders must restore the order they sort away
     model_dir = default_model_path()
 
-    export_onnx(model_dir, tmp_path / "onnx")
+    # OpenVINO int8 calibrated as export@V does: a seeded sample of training sentences (wiki1m)
+    wiki = read_source("wiki1m", params.sources["wiki1m"], data_root).column("text").to_pylist()
+    export_onnx(model_dir, tmp_path / "onnx", calibration=calibration_sample({"text": wiki}, 300, 0))
     torch_emb = load_encoder(model_dir, "torch", threads=1).encode(sentences)
-    fp32 = parity(torch_emb, load_encoder(model_dir, "onnx", tmp_path / "onnx", threads=1).encode(sentences))
-    int8 = parity(torch_emb, load_encoder(model_dir, "onnx-int8", tmp_path / "onnx", threads=1).encode(sentences))
-    assert fp32["min"] >= 0.9999, fp32
-    assert int8["min"] >= 0.99, int8
+    got = {b: parity(torch_emb, load_encoder(model_dir, b, tmp_path / "onnx", threads=1).encode(sentences))
+           for b in ("onnx", "onnx-int8", "openvino", "openvino-int8")}
+    assert got["onnx"]["min"] >= 0.9999, got
+    assert got["onnx-int8"]["min"] >= 0.99, got
+    assert got["openvino"]["min"] >= 0.999, got  # bf16 on AMX, f32 elsewhere
+    assert got["openvino-int8"]["min"] >= 0.99, got
     # measured 0.9941 with the blockwise feed-forward MatMuls (0.9954 with them in fp32)
