@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     table = "  ".join(f"{t} {result[t]:.2f}" for t in [*params.evaluate.tasks, "avg"])
     print(f"evaluate@{args.variant}: {table}  ({timing['sts']['total_s']:.0f} s)")
     for name, b in result.get("backends", {}).items():
-        if name != "torch":
+        if name != "torch" and "avg" not in b:  # not exported
+            print(f"evaluate@{args.variant}: {name} not offered ({b['reason']})")
+        elif name != "torch":
             offered = "" if "offered" not in b else f"  offered: {b['offered']} ({b['reason']})"
             print(f"evaluate@{args.variant}: {name} avg {b['avg']:.2f}, min cosine to torch "
                   f"{b['parity']['min']:.4f}{offered}")

@@ -375,7 +375,7 @@ def test_onnx_version_carries_its_export_and_serves_torchs_embeddings(project, e
 @pytest.mark.slow
 def test_int8_not_offered_is_refused_before_anything_is_registered(project, exported):
     with pytest.raises(RegistryError, match=r"onnx-int8 is not offered for this version: STS avg torch 80\.00 - "
-                                            r"onnx-int8 79\.50 = 0\.50 is more than .*serve\.backend: onnx"):
+                                            r"onnx-int8 79\.50 = 0\.50 is more than .*Offered: onnx; set params.yaml serve.backend"):
         _register_backend(project, exported, "int8-", "onnx-int8", "v1", offered=False)
     assert _client().search_model_versions("name = 'int8-sup-nli'") == []
     result = _register_backend(project, exported, "int8-", "onnx-int8", "v1", int8=79.8, offered=True)
@@ -477,3 +477,13 @@ def test_uncommitted_inputs_hold_the_champion_or_refuse(project, tmp_path):
         registration.register_variant("sup-nli", model, mdir, refuse, repo,
                                       base_metrics_dir=root / "metrics" / "base", log=lambda m: None)
     assert [int(v.version) for v in _client().search_model_versions("name = 'dirty-sup-nli'")] == [1]
+
+
+def test_auto_gates_on_the_offered_backend_with_the_lowest_sts(tmp_path):
+    """serve.backend auto may serve any offered backend: the gate sees the worst of them."""
+    write_backends(write_metrics(tmp_path, TASKS, 80.0), TASKS, onnx=79.9, int8=79.5, offered=True, openvino=79.8)
+    assert load_scores(tmp_path, TASKS, backend="auto").backend == "onnx-int8"
+    write_backends(write_metrics(tmp_path / "b", TASKS, 80.0), TASKS, onnx=80.1, int8=79.5, offered=False,
+                   openvino=80.2)
+    auto = load_scores(tmp_path / "b", TASKS, backend="auto")
+    assert auto.backend == "torch" and auto.sts["avg"] == 80.0  # int8 not offered; the others above torch

@@ -1,6 +1,7 @@
 """The pyfunc refuses bad input with HTTP 400 naming the problem (serving.py): the validation
 itself, `predict` before any model is loaded, and the scoring server's own parsing of the request
-(in process, on a stub encoder) with the model's real signature."""
+(in process, on a stub encoder) with the model's real signature; serve.backend auto chooses the
+fastest offered backend."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import load_model, save_model, scoring_server
 
+from simcse_ops import serving
 from simcse_ops.config import ServeConfig
 from simcse_ops.serving import SentenceEncoderModel, check_sentences, signature
-from simcse_ops.uris import ENCODER_ARTIFACT
+from simcse_ops.uris import ENCODER_ARTIFACT, ONNX_ARTIFACT
 
 MAX_BATCH, MAX_CHARS = 4, 10
 
@@ -79,7 +81,7 @@ def test_limits_default_to_serve_config_and_survive_old_pickles():
 
 def test_onnx_backend_without_the_onnx_artifact_is_refused_at_load(tmp_path):
     context = SimpleNamespace(artifacts={ENCODER_ARTIFACT: str(tmp_path)})
-    with pytest.raises(MlflowException, match=r"backend 'onnx-int8' needs the ONNX export.*artifact 'onnx'"):
+    with pytest.raises(MlflowException, match=r"backend 'onnx-int8' needs the export.*artifact 'onnx'"):
         SentenceEncoderModel(backend="onnx-int8").load_context(context)
 
 
@@ -148,3 +150,61 @@ def test_scoring_server_answers_good_requests(served):
     assert (status, out) == (200, {"predictions": [[3.0, 3.0]]})
     status, out = _invoke(served, b'{"instances": [{"sentence": "a"}], "params": {"batch_size": 8}}')
     assert (status, out) == (200, {"predictions": [[1.0, 8.0]]})
+
+
+# --------------------------------------------------------------------------------------------
+# serve.backend auto: the fastest of torch and the offered backends on this CPU
+
+
+class _Timed:
+    """An encoder whose encode takes `seconds` per call (a stand-in for a backend's speed)."""
+
+    def __init__(self, seconds: float, fail: bool = False):
+        self.seconds, self.fail, self.calls = seconds, fail, 0
+
+    def encode(self, sentences, batch_size=64):
+        import time
+
+        if self.fail:
+            raise RuntimeError("no such instruction")
+        self.calls += 1
+        time.sleep(self.seconds)
+        return np.zeros((len(sentences), 4), np.float32)
+
+
+def test_choose_backend_keeps_the_fastest_and_skips_one_that_fails():
+    encoders = {"torch": _Timed(0.03), "onnx": _Timed(0.02), "openvino": _Timed(0.001),
+                "openvino-int8": _Timed(0.0, fail=True)}
+    name, encoder, speeds = serving.choose_backend({n: (lambda e=e: e) for n, e in encoders.items()},
+                                                   batch_size=32, rounds=2)
+    assert name == "openvino" and encoder is encoders["openvino"]
+    assert list(speeds) == ["torch", "onnx", "openvino"]  # the failing one is not timed
+    assert speeds["openvino"] > speeds["onnx"] > speeds["torch"]
+    assert encoders["torch"].calls == 3  # a warm-up batch, then the timed rounds
+
+
+def test_choose_backend_never_picks_one_slower_than_torch():
+    name, _, speeds = serving.choose_backend({"torch": lambda: _Timed(0.0), "onnx-int8": lambda: _Timed(0.02)},
+                                             batch_size=32, rounds=1)
+    assert name == "torch" and speeds["torch"] > speeds["onnx-int8"]
+    with pytest.raises(RuntimeError, match="no such instruction"):  # torch must work
+        serving.choose_backend({"torch": lambda: _Timed(0.0, fail=True)}, batch_size=32)
+
+
+def test_auto_serves_with_an_offered_backend_and_its_embeddings(tiny_model_dir, tiny_export_dir):
+    from simcse_ops.backends import load_encoder
+
+    model = SentenceEncoderModel(backend="auto", offered=("torch", "onnx", "openvino"), batch_size=8)
+    model.load_context(SimpleNamespace(artifacts={ENCODER_ARTIFACT: str(tiny_model_dir),
+                                                  ONNX_ARTIFACT: str(tiny_export_dir)}))
+    assert set(model.speeds) == {"torch", "onnx", "openvino"} and model.served in model.speeds
+    assert model.speeds[model.served] == max(model.speeds.values())
+    sentences = ["A man is playing a guitar.", "Hi", "Two dogs run through a field."]
+    expected = load_encoder(tiny_model_dir, model.served, onnx_dir=tiny_export_dir).encode(sentences, 8)
+    np.testing.assert_allclose(model.predict(None, sentences), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_without_an_export_serves_torch(tiny_model_dir):
+    model = SentenceEncoderModel(backend="auto", offered=("torch",))
+    model.load_context(SimpleNamespace(artifacts={ENCODER_ARTIFACT: str(tiny_model_dir)}))
+    assert model.served == "torch" and list(model.speeds) == ["torch"]

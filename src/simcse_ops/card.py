@@ -53,7 +53,7 @@ def model_card(
         lines += training_hardware_section(read_json(train_path))
     others = dict(references) if references else ({"base": base} if base is not None else {})
     lines += _sts_section(variant, scores, others, champion, champion_label, tasks)
-    lines += backends_section(scores)
+    lines += backends_section(scores, served=params.serve.backend)
     if domain_path is not None and Path(domain_path).is_file():
         lines += domain_table(read_json(domain_path), champion, champion_label)
     lines += _bias_section(scores)
@@ -121,20 +121,27 @@ def _sts_section(variant: str, scores: Scores, others: Mapping[str, Scores], cha
     return ["", "## STS (Spearman x100 of cosine, 'all' setting)", "", _table(header, rows), ""]
 
 
-def backends_section(scores: Scores) -> list[str]:
+def backends_section(scores: Scores, served: str | None = None) -> list[str]:
     """Which backend the version serves (and whose scores the gate used), and per backend of
-    sts.json `backends`: STS avg, min per-sentence cosine to torch, whether it is offered."""
-    lines = ["## Serving backends", "",
-             f"The model serves with **{scores.backend}** (params.yaml `serve.backend`); the STS table "
-             f"above and the promotion gate use its scores.", ""]
+    sts.json `backends`: STS avg, min per-sentence cosine to torch, whether it is offered, and the
+    CPU class those were measured on (OpenVINO's precision, so its parity, depends on it)."""
+    lines = ["## Serving backends", ""]
+    if served == "auto":
+        lines += [f"The model serves with **auto**: when it loads, the fastest on that CPU of torch and the "
+                  f"offered backends below (`serving.choose_backend`). The STS table above and the promotion "
+                  f"gate use the offered backend with the lowest STS avg, **{scores.backend}**.", ""]
+    else:
+        lines += [f"The model serves with **{scores.backend}** (params.yaml `serve.backend`); the STS table "
+                  f"above and the promotion gate use its scores.", ""]
     if not scores.backends:
         return lines + ["Only torch was evaluated (sts.json has no `backends`).", ""]
     rows = []
     for name, b in scores.backends.items():
         cos = f"{b['parity']['min']:.4f}" if "parity" in b else "-"
+        avg = f"{b['avg']:.2f}" if "avg" in b else "-"
         offered = ("yes" if b["offered"] else "no") if "offered" in b else "yes"
-        rows.append([f"**{name}**" if name == scores.backend else name, f"{b['avg']:.2f}", cos, offered])
-    lines += [_table(["backend", "STS avg", "min cosine to torch", "offered"], rows), ""]
+        rows.append([f"**{name}**" if name == scores.backend else name, avg, cos, offered, b.get("cpu_class", "-")])
+    lines += [_table(["backend", "STS avg", "min cosine to torch", "offered", "measured on"], rows), ""]
     return lines + [f"- {name}: {b['reason']}" for name, b in scores.backends.items() if "reason" in b] + [""]
 
 

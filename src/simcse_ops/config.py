@@ -439,13 +439,21 @@ class ServeConfig:
     """params.yaml `serve`: what the served model accepts. Read at registration and stored in the
     pyfunc, so a version keeps the limits it was registered with."""
 
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"  # the encoder runtime inside the pyfunc
+    # the encoder runtime inside the pyfunc; "auto": of torch and the backends offered for the
+    # version, the fastest on the serving CPU, timed when the model loads (serving.choose_backend)
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "auto"] = "torch"
     max_batch: int = 256    # sentences per request; more: HTTP 400
     max_chars: int = 2000   # characters per sentence; longer: HTTP 400 (rejected, never truncated)
     batch_size: int = 64    # sentences per forward pass (request param `batch_size` overrides it)
-    # onnx-int8 is offered for a version iff its 7-task STS avg is at most this many points (x100)
-    # below torch's (evaluate@<variant> records it in sts.json `backends`)
+    # an exported backend is offered for a version iff its 7-task STS avg is at most this many
+    # points (x100) below torch's and its smallest per-sentence cosine to torch on the parity
+    # sample is at least min_cosine (evaluate@<variant> records both in sts.json `backends`)
     int8_max_drop: float = 0.3
+    min_cosine: float = 0.99
+    # export@<variant>: the OpenVINO int8 graph is calibrated on this many of the variant's own
+    # training sentences, a sample drawn with this seed (backends.calibration_sample)
+    calibration_sentences: int = 300
+    calibration_seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,13 +787,15 @@ def _check_mlflow_flows(params: Params, raw: dict) -> None:
 
 def _check_serve(params: Params, raw: dict) -> None:
     s = params.serve
-    for key in ("max_batch", "max_chars", "batch_size"):
+    for key in ("max_batch", "max_chars", "batch_size", "calibration_sentences"):
         value = getattr(s, key)
         if value < 1:
             _fail(params, f"serve.{key}", f"expected an integer >= 1, got {value}")
     if not 0 <= s.int8_max_drop < 100:
         _fail(params, "serve.int8_max_drop", f"expected a number of STS points x100 in [0, 100), "
                                              f"got {s.int8_max_drop}")
+    if not 0 < s.min_cosine <= 1:
+        _fail(params, "serve.min_cosine", f"expected a cosine in (0, 1], got {s.min_cosine}")
 
 
 def _check_team(params: Params, raw: dict) -> None:

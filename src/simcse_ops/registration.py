@@ -23,11 +23,13 @@
 Every MLflow call is retried with exponential backoff on connection errors and then fails with a
 message naming the store and the operation (`tracking.retry`).
 
-The served backend (params.yaml `serve.backend`: torch, onnx, onnx-int8) is pickled with the
-pyfunc, and the gate sees that backend's STS scores (sts.json `backends`, `scores.load_scores`);
-the champion's and base's are taken on the same backend when they have them (else torch's, with
-a note among the reasons). onnx-int8 is refused, before anything is written, for a version where
-the evaluate stage did not offer it (its STS avg fell more than serve.int8_max_drop below torch's).
+The served backend (params.yaml `serve.backend`: torch, onnx, onnx-int8, openvino, openvino-int8
+or auto) is pickled with the pyfunc, with the backends offered for the version, and the gate sees
+that backend's STS scores (sts.json `backends`, `scores.load_scores`; for auto the offered backend
+with the lowest STS avg); the champion's and base's are taken on the same backend when they have
+them (else torch's, with a note among the reasons). A backend is refused, before anything is
+written, for a version where the evaluate stage did not offer it (its STS avg fell more than
+serve.int8_max_drop below torch's, or its cosine to torch below serve.min_cosine).
 
 The gate (`gate.decide`): with a champion, the challenger passes when
   avg(challenger) >= avg(champion) - epsilon,
@@ -59,8 +61,8 @@ from simcse_ops.files import read_json
 from simcse_ops.evaluation import rescore_domain_task
 from simcse_ops.gate import Decision, DomainScore, GateInputs, Scores, best_general, decide
 from simcse_ops.scores import (
-    DOMAIN_ITEMS, DOMAIN_JSON, TORCH, TRAIN_JSON, backend_notes, base_scores, gate_inputs, load_domain, load_scores,
-    reference_scores, score_tags, version_scores,
+    AUTO, DOMAIN_ITEMS, DOMAIN_JSON, TORCH, TRAIN_JSON, backend_notes, base_scores, gate_inputs, load_domain,
+    is_offered, load_scores, offered_backends, reference_scores, score_tags, version_scores,
 )
 from simcse_ops.serving import CARD_ARTIFACT, ENCODER_ARTIFACT, SentenceEncoderModel, pip_requirements, signature
 from simcse_ops.store import (
@@ -147,7 +149,8 @@ def register_variant(
     run, lineage, card = _attach_to_run(params, ev, decision, model_dir, metrics_dir, root)
 
     step("log_model")
-    info = _log_model(run, model_dir, card, mcfg, params.serve, export_dir)
+    info = _log_model(run, model_dir, card, mcfg, params.serve, export_dir,
+                      offered=offered_backends(ev.scores.backends) if export_dir is not None else [TORCH])
 
     step("create_version")
     tags = _version_tags(ev, decision, lineage, run.run_id)
@@ -202,23 +205,27 @@ def check_references(metrics_dir: Path, models_root: Path, variant: str) -> None
 
 
 def check_backend(ev: Gathered, backend: str, export_dir: Path | str | None) -> None:
-    """Refuse, before anything is written, a served backend this version cannot serve: an ONNX
-    backend without the export, onnx-int8 where the evaluate stage did not offer it."""
+    """Refuse, before anything is written, a served backend this version cannot serve: an exported
+    backend without the export, or one the evaluate stage did not offer."""
     if export_dir is not None and not Path(export_dir).is_dir():
         raise RegistryError(f"register {ev.name}: {export_dir}: no ONNX export; run `dvc repro export@{ev.variant}`")
     if backend == TORCH:
         return
     if export_dir is None:
         raise RegistryError(
-            f"register {ev.name}: serve.backend {backend} needs the ONNX export, and none was given; "
+            f"register {ev.name}: serve.backend {backend} needs the export, and none was given; "
             f"pass --exports exports/{ev.variant} (dvc.yaml's register stage does), or set serve.backend: torch"
         )
-    int8 = ev.scores.backends.get("onnx-int8", {})
-    if backend == "onnx-int8" and not int8.get("offered"):
+    if backend == AUTO:
+        return  # the pyfunc chooses among the offered backends (torch always is)
+    row = ev.scores.backends.get(backend, {})
+    if not is_offered(backend, row):
+        offered = [n for n in offered_backends(ev.scores.backends) if n != TORCH]
         raise RegistryError(
-            f"register {ev.name}: serve.backend onnx-int8 is not offered for this version: "
-            f"{int8.get('reason', 'sts.json has no onnx-int8 verdict')}. Serve it with the fp32 graph "
-            f"instead (params.yaml serve.backend: onnx), or accept a larger drop (serve.int8_max_drop)"
+            f"register {ev.name}: serve.backend {backend} is not offered for this version: "
+            f"{row.get('reason', f'sts.json has no {backend} verdict')}. Offered: "
+            f"{', '.join(offered) or 'none'}; set params.yaml serve.backend to one of them, to auto or to "
+            f"torch, or accept a larger difference (serve.int8_max_drop, serve.min_cosine)"
         )
 
 
@@ -282,9 +289,10 @@ def _embedding_dim(model_dir: Path) -> int:
 
 
 def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: MlflowConfig, scfg: ServeConfig,
-               export_dir: Path | str | None = None):
-    """Upload the card to the run and log the pyfunc model (the folder, the ONNX export when
-    given, the card) to it, with params.yaml `serve` (backend and limits) stored in it."""
+               export_dir: Path | str | None = None, offered: list[str] | None = None):
+    """Upload the card to the run and log the pyfunc model (the folder, the export when given,
+    the card) to it, with params.yaml `serve` (backend and limits) and the `offered` backends
+    (serve.backend auto chooses among them) stored in it."""
     with tempfile.TemporaryDirectory(prefix="simcse-card-") as tmp:
         card_path = Path(tmp) / "model_card.md"
         card_path.write_text(card, encoding="utf-8")
@@ -296,7 +304,8 @@ def _log_model(run: tracking.RunLogger, model_dir: Path, card: str, mcfg: Mlflow
                 return mlflow.pyfunc.log_model(
                     name="model",
                     python_model=SentenceEncoderModel(batch_size=scfg.batch_size, max_batch=scfg.max_batch,
-                                                      max_chars=scfg.max_chars, backend=scfg.backend),
+                                                      max_chars=scfg.max_chars, backend=scfg.backend,
+                                                      offered=tuple(offered or [TORCH])),
                     artifacts={ENCODER_ARTIFACT: str(model_dir), CARD_ARTIFACT: str(card_path),
                                **({ONNX_ARTIFACT: str(export_dir)} if export_dir is not None else {})},
                     signature=signature(dim, batch_size=scfg.batch_size),

@@ -43,6 +43,30 @@ DOMAIN_JSON, DOMAIN_ITEMS = "domain.json", "domain_items.json"  # written by the
 TRAIN_JSON = Path("train") / "train.json"  # written by the train stage (its precision and CPU class)
 SERVE_BACKEND_TAG = "serve_backend"
 TORCH = "torch"  # the backend of sts.json's top level and of versions registered before backends
+AUTO = "auto"  # serve.backend auto: the pyfunc picks the fastest offered backend when it loads
+
+
+def is_offered(name: str, row: Mapping[str, Any]) -> bool:
+    """Whether sts.json `backends.<name>` offers the backend for serving. A row without a verdict
+    comes from an evaluation before every backend got one, when the fp32 ONNX graph always was."""
+    return bool(row.get("offered", name == "onnx" and "avg" in row))
+
+
+def offered_backends(raw_backends: Mapping[str, Any]) -> list[str]:
+    """The backends of sts.json `backends` offered for serving (torch always is)."""
+    return [TORCH] + [n for n, b in raw_backends.items() if n != TORCH and is_offered(n, b)]
+
+
+def gate_backend(raw: Mapping[str, Any], backend: str) -> str:
+    """The backend whose STS row the gate sees: `backend`, or for `auto` (any offered backend may
+    serve) the offered one with the lowest STS avg, so the gate never sees better scores than
+    the version may serve with."""
+    if backend != AUTO:
+        return backend
+    rows = raw.get("backends") or {}
+    avgs = {n: float(rows[n]["avg"]) for n in offered_backends(rows) if n != TORCH}
+    avgs[TORCH] = float((rows.get(TORCH) or raw)["avg"])
+    return min(avgs, key=lambda n: (avgs[n], n))
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +105,7 @@ def load_scores(metrics_dir: Path | str, tasks: list[str], require_bias: bool = 
     metrics_dir = Path(metrics_dir)
     sts_path = metrics_dir / "sts.json"
     raw = read_json(sts_path, made_by=f"the evaluate stage (dvc repro evaluate@{model or metrics_dir.name})")
+    backend = gate_backend(raw, backend)
     sts = sts_row(raw, tasks, backend, sts_path)
     backends = dict(raw.get("backends") or {})
     domain = load_domain(metrics_dir, model)
@@ -155,10 +180,11 @@ def scores_from_tags(tags: Mapping[str, str], tasks: list[str], backend: str | N
 
 def backend_tags(s: Scores) -> dict[str, str]:
     """`serve_backend`, and per backend of sts.json `backends`: `sts_<backend>.<task>` (and
-    `.avg`), `parity_<backend>.min_cosine|mean_cosine` (to torch), `offered_onnx-int8`."""
+    `.avg`), `parity_<backend>.min_cosine|mean_cosine` (to torch), `offered_<backend>`."""
     tags = {SERVE_BACKEND_TAG: s.backend}
     for name, b in s.backends.items():
-        tags.update({f"sts_{name}.{t}": f"{v:.4f}" for t, v in {**b["tasks"], "avg": b["avg"]}.items()})
+        if "tasks" in b:  # not an absent backend (not exported)
+            tags.update({f"sts_{name}.{t}": f"{v:.4f}" for t, v in {**b["tasks"], "avg": b["avg"]}.items()})
         if "parity" in b:
             tags[f"parity_{name}.min_cosine"] = f"{b['parity']['min']:.6f}"
             tags[f"parity_{name}.mean_cosine"] = f"{b['parity']['mean']:.6f}"

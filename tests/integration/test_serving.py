@@ -183,3 +183,52 @@ def test_an_onnx_int8_champion_is_served_with_its_backend(int8_champion):
     assert min(cos) >= 0.99 and not np.allclose(served, torch_emb, atol=1e-4), cos
     status, out = _post(port, b'{"inputs": ["a", null]}')  # the same input rules on every backend
     assert status == 400 and "item 1 is null" in out["message"]
+
+
+@pytest.fixture(scope="module")
+def openvino_champion(registered, tmp_path_factory):
+    """The default encoder registered as simcse-unsup-wiki with `serve.backend: openvino` (the
+    fastest offered backend on AMX, AVX-512 and AVX2 machines in benchmarks/encode_throughput.py),
+    its export logged with it, served by `mlflow models serve` from
+    `models:/simcse-unsup-wiki@champion`: (port, model folder, export folder)."""
+    import dataclasses
+
+    from simcse_ops.backends import export_onnx
+    from simcse_ops.config import load_params
+
+    uri, root = registered
+    model = root / "models" / "base"
+    exported = root / "exports" / "unsup-wiki"
+    export_onnx(model, exported)
+    mdir = write_backends(write_metrics(root / "metrics" / "unsup-wiki", TASKS, 81.0), TASKS, 81.0, 80.9, True,
+                          openvino=81.0)
+    with tracking_env():
+        params = load_params(root / "params.yaml")
+        params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, backend="openvino"))
+        tracking.configure(root, params.mlflow)
+        result = registration.register_variant("unsup-wiki", model, mdir, params, root,
+                                               base_metrics_dir=root / "metrics" / "base",
+                                               log=lambda m: None, export_dir=exported)
+    assert result["promoted"] and result["serve_backend"] == "openvino", result
+    for port in _serve(uri, "models:/simcse-unsup-wiki@champion", tmp_path_factory.mktemp("serve-openvino")):
+        yield port, model, exported
+
+
+def test_an_openvino_champion_is_served_with_its_backend(openvino_champion):
+    """The server answers with OpenVINO's embeddings of the logged IR (at this CPU's precision),
+    which stay the same model (cosine to torch >= 0.999)."""
+    from simcse_ops.backends import load_encoder
+    from simcse_ops.encoder import load_sentence_transformer
+
+    port, model, exported = openvino_champion
+    sentences = [*PARAPHRASES, UNRELATED]
+    status, out = _post(port, json.dumps({"inputs": sentences}).encode())
+    assert status == 200, out
+    served = np.asarray(out["predictions"], dtype=np.float32)
+    _check_ordering(served)
+    ov = np.asarray(load_encoder(model, "openvino", onnx_dir=exported).encode(sentences))
+    torch_emb = np.asarray(load_sentence_transformer(model, device="cpu").encode(sentences))
+    np.testing.assert_allclose(served, ov, rtol=1e-3, atol=1e-3)
+    assert min(_cos(a, b) for a, b in zip(served, torch_emb)) >= 0.999
+    status, out = _post(port, b'{"inputs": ["a", null]}')
+    assert status == 400 and "item 1 is null" in out["message"]

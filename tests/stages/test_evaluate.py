@@ -37,16 +37,20 @@ def test_backends_are_added_after_unchanged_torch_fields(tmp_path, params, tiny_
         assert full[key] == plain[key], key
     assert (tmp_path / "all" / "sts_tasks.csv").read_text() == (tmp_path / "torch" / "sts_tasks.csv").read_text()
     b = full["backends"]
-    assert list(b) == ["torch", "onnx", "onnx-int8"]
+    assert list(b) == ["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"]
     assert b["torch"] == {"tasks": {"stsb": plain["stsb"], "sickr": plain["sickr"]}, "avg": plain["avg"]}
-    assert set(b["onnx"]) == {"tasks", "avg", "parity"}
+    scored = {"tasks", "avg", "parity", "offered", "drop", "max_drop", "min_cosine", "reason", "cpu_class"}
+    assert set(b["onnx"]) == set(b["onnx-int8"]) == set(b["openvino"]) == scored
     assert set(b["onnx"]["parity"]) == {"min", "mean", "p01", "n"}
-    assert set(b["onnx-int8"]) == {"tasks", "avg", "parity", "offered", "drop", "max_drop", "reason"}
+    # the tiny export has no calibration sentences: no OpenVINO int8 graph, and the reason
+    assert b["openvino-int8"]["offered"] is False and "not exported" in b["openvino-int8"]["reason"]
     timing = json.loads((tmp_path / "all" / "timing.json").read_text())
-    assert set(timing["sts"]) == {"encode_s", "total_s"} and set(timing["backends"]) == {"onnx", "onnx-int8"}
+    assert set(timing["sts"]) == {"encode_s", "total_s"}
+    assert set(timing["backends"]) == {"onnx", "onnx-int8", "openvino"}
     assert b["onnx-int8"]["max_drop"] == 0.3
     out = capsys.readouterr().out
     assert "evaluate@unsup-wiki: onnx avg" in out and "offered:" in out
+    assert "evaluate@unsup-wiki: openvino-int8 not offered (not exported" in out
 
 
 def test_a_rerun_rewrites_the_scores_byte_for_byte_and_only_the_times_change(tmp_path, params, tiny_model_dir,
