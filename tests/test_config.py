@@ -146,13 +146,18 @@ def test_every_section_is_typed(params):
 def test_serve_defaults_and_project_values(raw, params, tmp_path):
     from simcse_ops.config import ServeConfig
 
-    assert params.serve == ServeConfig(backend="torch", max_batch=256, max_chars=2000, batch_size=64,
-                                       int8_max_drop=0.3)
+    assert params.serve == ServeConfig(backend="auto", max_batch=256, max_chars=2000, batch_size=64,
+                                       int8_max_drop=0.3, min_cosine=0.99, calibration_sentences=300,
+                                       calibration_seed=0)
     without = {k: v for k, v in raw.items() if k != "serve"}
     assert parse_params(without, tmp_path / "p.yaml").serve == ServeConfig()
     onnx = {**raw, "serve": {"backend": "onnx-int8", "max_batch": 8, "int8_max_drop": 1}}
     assert parse_params(onnx, tmp_path / "p.yaml").serve == ServeConfig(backend="onnx-int8", max_batch=8,
                                                                         int8_max_drop=1.0)
+    for bad, match in [({"backend": "tensorrt"}, "serve.backend"), ({"min_cosine": 1.5}, "serve.min_cosine"),
+                       ({"calibration_sentences": 0}, "serve.calibration_sentences")]:
+        with pytest.raises(ConfigError, match=match):
+            parse_params({**raw, "serve": bad}, tmp_path / "p.yaml")
 
 
 def test_domain_references_default_to_base_and_every_general_variant(raw, params, tmp_path):

@@ -441,7 +441,7 @@ class ServeConfig:
 
     # the encoder runtime inside the pyfunc; "auto": of torch and the backends offered for the
     # version, the fastest on the serving CPU, timed when the model loads (serving.choose_backend)
-    backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "auto"] = "torch"
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "auto"] = "auto"
     max_batch: int = 256    # sentences per request; more: HTTP 400
     max_chars: int = 2000   # characters per sentence; longer: HTTP 400 (rejected, never truncated)
     batch_size: int = 64    # sentences per forward pass (request param `batch_size` overrides it)

@@ -209,15 +209,13 @@ def check_backend(ev: Gathered, backend: str, export_dir: Path | str | None) -> 
     backend without the export, or one the evaluate stage did not offer."""
     if export_dir is not None and not Path(export_dir).is_dir():
         raise RegistryError(f"register {ev.name}: {export_dir}: no ONNX export; run `dvc repro export@{ev.variant}`")
-    if backend == TORCH:
-        return
+    if backend in (TORCH, AUTO):
+        return  # auto: the pyfunc chooses among torch and the offered backends (none without an export)
     if export_dir is None:
         raise RegistryError(
             f"register {ev.name}: serve.backend {backend} needs the export, and none was given; "
             f"pass --exports exports/{ev.variant} (dvc.yaml's register stage does), or set serve.backend: torch"
         )
-    if backend == AUTO:
-        return  # the pyfunc chooses among the offered backends (torch always is)
     row = ev.scores.backends.get(backend, {})
     if not is_offered(backend, row):
         offered = [n for n in offered_backends(ev.scores.backends) if n != TORCH]
