@@ -487,3 +487,17 @@ def test_auto_gates_on_the_offered_backend_with_the_lowest_sts(tmp_path):
                    openvino=80.2)
     auto = load_scores(tmp_path / "b", TASKS, backend="auto")
     assert auto.backend == "torch" and auto.sts["avg"] == 80.0  # int8 not offered; the others above torch
+
+
+def test_a_backend_the_base_variant_did_not_export_falls_back_to_torch(tmp_path):
+    """base has no OpenVINO int8 graph (no training sentences): its sts.json row holds only the
+    verdict, and a variant served with openvino-int8 is compared with base's torch scores."""
+    from simcse_ops.scores import base_scores, has_sts
+
+    base = write_backends(write_metrics(tmp_path / "base", TASKS, 78.0), TASKS, onnx=78.0, int8=77.9, offered=True)
+    raw = json.loads((base / "sts.json").read_text())
+    raw["backends"]["openvino-int8"] = {"offered": False, "reason": "not exported"}
+    (base / "sts.json").write_text(json.dumps(raw))
+    assert not has_sts(raw, "openvino-int8") and has_sts(raw, "onnx-int8") and has_sts(raw, "torch")
+    b = base_scores(base, TASKS, backend="openvino-int8")
+    assert b.backend == "torch" and b.sts["avg"] == 78.0

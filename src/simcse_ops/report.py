@@ -36,7 +36,7 @@ import vl_convert
 from simcse_ops.dvc_runner import load_stage_files
 from simcse_ops.errors import DataError
 from simcse_ops.files import atomic_path, read_json
-from simcse_ops.scores import TORCH, sts_row
+from simcse_ops.scores import TORCH, has_sts, sts_row
 
 PAGE = "index.html"  # the report inside its output folder (dvc.yaml: the `report` stage's outs)
 
@@ -299,7 +299,7 @@ def sts_section(vf: VariantFiles, base: VariantFiles | None, registry: Mapping[s
     theirs, base_backend = None, None
     if base is not None and base.name != vf.name and base.sts.is_file():
         braw = read_json(base.sts)
-        base_backend = backend if backend in (braw.get("backends") or {}) else TORCH
+        base_backend = backend if has_sts(braw, backend) else TORCH
         theirs = sts_row(braw, list(tasks), base_backend, base.sts)
     champ = _champion_sts(ref, registry, vf.registry, tasks)
     header = ["task", vf.name]

@@ -46,6 +46,12 @@ TORCH = "torch"  # the backend of sts.json's top level and of versions registere
 AUTO = "auto"  # serve.backend auto: the pyfunc picks the fastest offered backend when it loads
 
 
+def has_sts(raw: Mapping[str, Any], backend: str) -> bool:
+    """Whether an sts.json mapping has STS scores of `backend` (torch's always; a backend that was
+    not exported has a row with only its verdict)."""
+    return backend == TORCH or "tasks" in ((raw.get("backends") or {}).get(backend) or {})
+
+
 def is_offered(name: str, row: Mapping[str, Any]) -> bool:
     """Whether sts.json `backends.<name>` offers the backend for serving. A row without a verdict
     comes from an evaluation before every backend got one, when the fp32 ONNX graph always was."""
@@ -298,6 +304,6 @@ def base_scores(base_metrics_dir: Path | str, tasks: list[str],
     scores, else on torch's. `domain` replaces its domain results with the base encoder's scored
     beside the variant, on the variant's items; None keeps the folder's own."""
     evaluated = read_json(Path(base_metrics_dir) / "sts.json").get("backends") or {}
-    used = backend if backend in evaluated else TORCH
+    used = backend if "tasks" in (evaluated.get(backend) or {}) else TORCH  # not an absent (unexported) row
     base = load_scores(base_metrics_dir, tasks, require_bias=False, backend=used)
     return base if domain is None else dataclasses.replace(base, domain=domain)
