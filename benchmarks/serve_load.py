@@ -1,9 +1,9 @@
 """Load test of the real embedding service (`mlflow models serve`) per encoder backend.
 
-For each backend in `--backends` (torch, onnx, onnx-int8) the encoder is saved as the project's
+For each backend in `--backends` (torch, onnx, onnx-int8, openvino, openvino-int8) the encoder is saved as the project's
 pyfunc model, as `registration._log_model` logs it (`SentenceEncoderModel` with the limits of
 params.yaml `serve` and that backend, artifacts `encoder` = the sentence-transformers folder,
-`model_card`, and for the ONNX backends `onnx` = the folder of `backends.export_onnx`; the
+`model_card`, and for the exported backends `onnx` = the folder of `backends.export_onnx`; the
 project's signature and pinned pip requirements), with `mlflow.pyfunc.save_model` into a temporary
 folder. The real `mlflow models serve -m <folder> --env-manager local -h 127.0.0.1 -p <free port>`
 is started in its own process group (killed at the end, also on error or Ctrl-C), /ping is awaited
@@ -47,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # encode_throughput: the sentence mix
 from encode_throughput import ROOT, ensure_exports, load_sentences, resolve_model_dir  # noqa: E402
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 
 # --------------------------------------------------------------------------------------------
