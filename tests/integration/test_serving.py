@@ -137,11 +137,11 @@ def test_bad_requests_get_400_naming_the_problem_and_the_server_goes_on(server):
     assert status == 200 and np.asarray(out["predictions"]).shape == (2, 384)
 
 
-@pytest.fixture(scope="module")
-def int8_champion(registered, tmp_path_factory):
-    """The default encoder registered as simcse-sup-nli with `serve.backend: onnx-int8` (its
-    export logged with it, as register@V does with exports/V) and served by the real
-    `mlflow models serve` from `models:/simcse-sup-nli@champion`: (port, model folder, export folder)."""
+def _serve_champion(registered, tmp_path_factory, variant: str, backend: str, **rows):
+    """The default encoder registered as simcse-<variant> with `serve.backend: <backend>` (its
+    export logged with it, as register@V does with exports/V; sts.json `backends` rows from
+    `write_backends(**rows)`) and served by the real `mlflow models serve` from
+    `models:/simcse-<variant>@champion`: yields (port, model folder, export folder)."""
     import dataclasses
 
     from simcse_ops.backends import export_onnx
@@ -149,86 +149,66 @@ def int8_champion(registered, tmp_path_factory):
 
     uri, root = registered
     model = root / "models" / "base"
-    exported = root / "exports" / "sup-nli"
+    exported = root / "exports" / variant
     export_onnx(model, exported)
-    mdir = write_backends(write_metrics(root / "metrics" / "sup-nli", TASKS, 81.0), TASKS, 81.0, 80.9, True)
+    mdir = write_backends(write_metrics(root / "metrics" / variant, TASKS, 81.0), TASKS, **rows)
     with tracking_env():
         params = load_params(root / "params.yaml")
-        params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, backend="onnx-int8"))
+        params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, backend=backend))
         tracking.configure(root, params.mlflow)
-        result = registration.register_variant("sup-nli", model, mdir, params, root,
+        result = registration.register_variant(variant, model, mdir, params, root,
                                                base_metrics_dir=root / "metrics" / "base",
                                                log=lambda m: None, export_dir=exported)
-    assert result["promoted"] and result["serve_backend"] == "onnx-int8", result
-    for port in _serve(uri, "models:/simcse-sup-nli@champion", tmp_path_factory.mktemp("serve-int8")):
+    assert result["promoted"] and result["serve_backend"] == backend, result
+    for port in _serve(uri, f"models:/simcse-{variant}@champion", tmp_path_factory.mktemp(f"serve-{backend}")):
         yield port, model, exported
+
+
+@pytest.fixture(scope="module")
+def int8_champion(registered, tmp_path_factory):
+    """simcse-sup-nli served with onnx-int8 (`_serve_champion`)."""
+    yield from _serve_champion(registered, tmp_path_factory, "sup-nli", "onnx-int8",
+                               onnx=81.0, int8=80.9, offered=True)
+
+
+def _served_and_local(champion, backend: str):
+    """POST three sentences to a served champion: (its embeddings, `load_encoder(backend)`'s on the
+    logged export, torch's); the same input rules hold on every backend (a null is a 400)."""
+    from simcse_ops.backends import load_encoder
+    from simcse_ops.encoder import load_sentence_transformer
+
+    port, model, exported = champion
+    sentences = [*PARAPHRASES, UNRELATED]
+    status, out = _post(port, json.dumps({"inputs": sentences}).encode())
+    assert status == 200, out
+    served = np.asarray(out["predictions"], dtype=np.float32)
+    _check_ordering(served)
+    status, bad = _post(port, b'{"inputs": ["a", null]}')
+    assert status == 400 and "item 1 is null" in bad["message"]
+    local = np.asarray(load_encoder(model, backend, onnx_dir=exported).encode(sentences))
+    return served, local, np.asarray(load_sentence_transformer(model, device="cpu").encode(sentences))
 
 
 def test_an_onnx_int8_champion_is_served_with_its_backend(int8_champion):
     """The server answers with the int8 graph's embeddings (equal to `OnnxEncoder` on the logged
     export, not to torch's), which are still the same model (cosine to torch >= 0.99)."""
-    from simcse_ops.backends import load_encoder
-    from simcse_ops.encoder import load_sentence_transformer
-
-    port, model, exported = int8_champion
-    sentences = [*PARAPHRASES, UNRELATED]
-    status, out = _post(port, json.dumps({"inputs": sentences}).encode())
-    assert status == 200, out
-    served = np.asarray(out["predictions"], dtype=np.float32)
-    _check_ordering(served)
-    int8 = np.asarray(load_encoder(model, "onnx-int8", onnx_dir=exported).encode(sentences))
-    torch_emb = np.asarray(load_sentence_transformer(model, device="cpu").encode(sentences))
+    served, int8, torch_emb = _served_and_local(int8_champion, "onnx-int8")
     np.testing.assert_allclose(served, int8, rtol=1e-4, atol=1e-4)
     cos = [_cos(a, b) for a, b in zip(served, torch_emb)]
     assert min(cos) >= 0.99 and not np.allclose(served, torch_emb, atol=1e-4), cos
-    status, out = _post(port, b'{"inputs": ["a", null]}')  # the same input rules on every backend
-    assert status == 400 and "item 1 is null" in out["message"]
 
 
 @pytest.fixture(scope="module")
 def openvino_champion(registered, tmp_path_factory):
-    """The default encoder registered as simcse-unsup-wiki with `serve.backend: openvino` (the
-    fastest offered backend on AMX, AVX-512 and AVX2 machines in benchmarks/encode_throughput.py),
-    its export logged with it, served by `mlflow models serve` from
-    `models:/simcse-unsup-wiki@champion`: (port, model folder, export folder)."""
-    import dataclasses
-
-    from simcse_ops.backends import export_onnx
-    from simcse_ops.config import load_params
-
-    uri, root = registered
-    model = root / "models" / "base"
-    exported = root / "exports" / "unsup-wiki"
-    export_onnx(model, exported)
-    mdir = write_backends(write_metrics(root / "metrics" / "unsup-wiki", TASKS, 81.0), TASKS, 81.0, 80.9, True,
-                          openvino=81.0)
-    with tracking_env():
-        params = load_params(root / "params.yaml")
-        params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, backend="openvino"))
-        tracking.configure(root, params.mlflow)
-        result = registration.register_variant("unsup-wiki", model, mdir, params, root,
-                                               base_metrics_dir=root / "metrics" / "base",
-                                               log=lambda m: None, export_dir=exported)
-    assert result["promoted"] and result["serve_backend"] == "openvino", result
-    for port in _serve(uri, "models:/simcse-unsup-wiki@champion", tmp_path_factory.mktemp("serve-openvino")):
-        yield port, model, exported
+    """simcse-unsup-wiki served with openvino (`_serve_champion`), the fastest offered backend on
+    the x86 AMX class in benchmarks/encode_throughput.py."""
+    yield from _serve_champion(registered, tmp_path_factory, "unsup-wiki", "openvino",
+                               onnx=81.0, int8=80.9, offered=True, openvino=81.0)
 
 
 def test_an_openvino_champion_is_served_with_its_backend(openvino_champion):
     """The server answers with OpenVINO's embeddings of the logged IR (at this CPU's precision),
     which stay the same model (cosine to torch >= 0.999)."""
-    from simcse_ops.backends import load_encoder
-    from simcse_ops.encoder import load_sentence_transformer
-
-    port, model, exported = openvino_champion
-    sentences = [*PARAPHRASES, UNRELATED]
-    status, out = _post(port, json.dumps({"inputs": sentences}).encode())
-    assert status == 200, out
-    served = np.asarray(out["predictions"], dtype=np.float32)
-    _check_ordering(served)
-    ov = np.asarray(load_encoder(model, "openvino", onnx_dir=exported).encode(sentences))
-    torch_emb = np.asarray(load_sentence_transformer(model, device="cpu").encode(sentences))
+    served, ov, torch_emb = _served_and_local(openvino_champion, "openvino")
     np.testing.assert_allclose(served, ov, rtol=1e-3, atol=1e-3)
     assert min(_cos(a, b) for a, b in zip(served, torch_emb)) >= 0.999
-    status, out = _post(port, b'{"inputs": ["a", null]}')
-    assert status == 400 and "item 1 is null" in out["message"]
