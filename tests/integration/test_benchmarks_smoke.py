@@ -39,12 +39,18 @@ def tiny_exports(tiny_model_dir, tmp_path_factory) -> Path:
 def test_encode_throughput_smoke(tiny_model_dir, tiny_exports, data_root):
     out = _run("encode_throughput.py", "--model", str(tiny_model_dir), "--exports", str(tiny_exports),
                "--n", "200", "--repeats", "1", "--batch-sizes", "32", "--warmup", "32",
-               "--backends", "torch-bf16,onnx,onnx-int8,onnx-int8-ffn-fp32,onnx-fused")
+               "--backends", "torch-bf16,onnx,onnx-int8,onnx-int8-ffn-fp32,onnx-fused,openvino,openvino-f32")
     assert out["benchmark"] == "encode_throughput" and out["n_sentences"] == 200
     rows = out["results"]["32"]
-    assert set(rows) == {"torch", "torch-bf16", "onnx", "onnx-int8", "onnx-int8-ffn-fp32", "onnx-fused"}
+    assert set(rows) == {"torch", "torch-bf16", "onnx", "onnx-int8", "onnx-int8-ffn-fp32", "onnx-fused",
+                         "openvino", "openvino-f32"}
     assert (out["int8_settings"]["ffn"], out["int8_settings"]["ffn_block_size"]) == ("blockwise", 64)
-    assert sorted(p.name for p in tiny_exports.iterdir()) == ["backend.json", "model.onnx", "model_int8.onnx"]
+    # the fixture's export has no calibration sentences, so no OpenVINO int8 graph
+    assert sorted(p.name for p in tiny_exports.iterdir()) == ["backend.json", "model.onnx", "model_int8.onnx",
+                                                              "openvino_model.bin", "openvino_model.xml"]
+    assert out["openvino_precision"]["openvino-f32"] == "f32" and rows["openvino-f32"]["parity_cos_min"] > 0.9999
+    assert out["target"]["cpu_class"] == out["machine"]["cpu_class"]
+    assert out["target"]["min_speedup"] in (3.0, 1.6)
     assert rows["onnx-fused"]["parity_cos_min"] > 0.9999
     for name, row in rows.items():
         assert row["sentences_per_s_best"] > 0 and row["speedup_best"] > 0, name
