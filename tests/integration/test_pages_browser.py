@@ -124,8 +124,12 @@ def _cells(page, variant: str, section: str) -> dict[tuple[str, str], float]:
 
 
 def _check_report(page, metrics: Path, variants: list[str], tasks: list[str]) -> None:
+    from simcse_ops.scores import sts_row
+
     for v in variants:
-        sts = json.loads((metrics / v / "sts.json").read_text())
+        # the served backend's row, as the gate saw it (serve.backend auto: the lowest offered)
+        served = json.loads((metrics / v / "registry.json").read_text()).get("serve_backend") or "torch"
+        sts = sts_row(json.loads((metrics / v / "sts.json").read_text()), tasks, served, metrics / v / "sts.json")
         shown = _cells(page, v, "sts")
         for t in [*tasks, "avg"]:
             assert shown[(t, "challenger")] == sts[t], (v, t)
